@@ -1,0 +1,219 @@
+"""What a run does at each level, between the CLI and the analyses: validate, discover, plan, execute, summarise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bids_ketamine.__about__ import __version__
+from bids_ketamine.analyses import ANALYSES
+from bids_ketamine.errors import EXIT_OK, EXIT_PARTICIPANT_FAILED, BidsKetamineError, NoMatchError, NotBuiltError
+
+LOG = logging.getLogger("bids_ketamine")
+INVENTORY_COLUMNS = {"analysis": "analysis name", "runs": "whether the analysis runs for this participant",
+                     "detail": "inputs used, or what is missing and why"}
+
+
+def container_info() -> dict[str, str]:
+    """Container provenance when running inside our image (the Dockerfile sets these variables)."""
+    image = os.environ.get("BIDS_KETAMINE_CONTAINER_IMAGE")
+    return {"Type": os.environ.get("BIDS_KETAMINE_CONTAINER_TYPE", "docker"), "Tag": image} if image else {}
+
+
+def _writer(cfg, derivatives: dict[str, Path]):
+    from bids_ketamine.io.derivatives import DerivativesWriter
+
+    links = {"raw": cfg.bids_dir, **derivatives}
+    writer = DerivativesWriter(cfg.output_dir, dataset_links=links, container=container_info())
+    writer.init_dataset()
+    return writer
+
+
+def _validate(cfg) -> None:
+    if cfg.skip_bids_validation:
+        LOG.info("BIDS validation skipped (--skip-bids-validation)")
+        return
+    from bids_ketamine.validation import validate_dataset
+
+    LOG.info("validating %s with bids-validator-deno", cfg.bids_dir)
+    validate_dataset(cfg.bids_dir)
+
+
+def record_run(cfg, writer, extra: dict[str, Any]) -> Path:
+    """Write the run's configuration and environment into the output folder (logs/), for provenance."""
+    import json
+    import time
+
+    from bids_ketamine.io.derivatives import atomic_write_text, dumps_json
+
+    record = {"version": __version__, "level": cfg.level, "config": cfg.as_record(),
+              "python": sys.version.split()[0], "platform": platform.platform(), **extra}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = cfg.output_dir / "logs" / f"run-{stamp}_{cfg.level}_pid{os.getpid()}.json"
+    atomic_write_text(path, dumps_json(json.loads(json.dumps(record, default=str))))
+    return path
+
+
+def discover(cfg):
+    """Layout, selected subjects, standardised tables and per-participant inputs."""
+    from bids_ketamine.design import participants_table, sessions_table
+    from bids_ketamine.discovery import build_layout, collect_participant, find_derivatives, select_subjects
+
+    derivatives = find_derivatives(cfg.bids_dir, cfg.derivatives, cfg.output_dir)
+    layout = build_layout(cfg.bids_dir, derivatives, cfg.bids_database_dir)
+    subjects = select_subjects(layout, cfg.participant_label)
+    participants = (participants_table(cfg.bids_dir, cfg.design) if (cfg.bids_dir / "participants.tsv").exists()
+                    else None)
+    sessions = sessions_table(cfg.bids_dir, cfg.design, subjects)
+    inputs = {}
+    for subject in subjects:
+        phenotype: dict[str, str] = {}
+        if participants is not None:
+            row = participants[participants["participant_id"] == subject]
+            if len(row):
+                phenotype = {k: str(v) for k, v in row.iloc[0].items()}
+        inputs[subject] = collect_participant(layout, subject, derivatives=derivatives, sessions=cfg.session_label,
+                                              task=cfg.task_id, filters=cfg.bids_filters, sessions_table=sessions,
+                                              phenotype=phenotype)
+    return derivatives, subjects, participants, sessions, inputs
+
+
+def plan_table(cfg, inputs: dict) -> pd.DataFrame:
+    """One row per participant x analysis: will it run, and what it uses or what is missing and why."""
+    rows = []
+    for name in cfg.analyses or list(ANALYSES):
+        analysis = ANALYSES[name]
+        try:
+            module = analysis.module("participant")
+            params = cfg.params(name)
+        except NotBuiltError as exc:
+            for subject in inputs:
+                rows.append({"participant": subject, "analysis": name, "runs": False, "detail": exc.problem})
+            continue
+        for subject, record in inputs.items():
+            runs, detail = module.plan(record, params)
+            rows.append({"participant": subject, "analysis": name, "runs": bool(runs), "detail": detail})
+    return pd.DataFrame(rows, columns=["participant", "analysis", "runs", "detail"])
+
+
+def print_plan(plan: pd.DataFrame, stream=sys.stdout) -> None:
+    print("Input inventory (what each analysis will use, or why it will not run):", file=stream)
+    for subject, rows in plan.groupby("participant", sort=True):
+        print(f"  sub-{subject}", file=stream)
+        for row in rows.itertuples():
+            mark = "run " if row.runs else "skip"
+            print(f"    [{mark}] {row.analysis:<13} {row.detail}", file=stream)
+
+
+def _exit_code(statuses: list[dict]) -> int:
+    failed = [s for s in statuses if not s["ok"]]
+    if not failed:
+        return EXIT_OK
+    codes = {s["exit_code"] for s in failed}
+    return codes.pop() if len(codes) == 1 else EXIT_PARTICIPANT_FAILED
+
+
+def run_participant_level(cfg) -> int:
+    _validate(cfg)
+    derivatives, subjects, participants, sessions, inputs = discover(cfg)
+    plan = plan_table(cfg, inputs)
+    if cfg.analyses is None:  # default: every analysis whose inputs exist for someone
+        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]), key=list(ANALYSES).index)
+    else:
+        chosen = cfg.analyses
+    print_plan(plan[plan["analysis"].isin(chosen)] if chosen else plan)
+    runnable = plan[plan["runs"] & plan["analysis"].isin(chosen)]
+    if runnable.empty:
+        not_built = plan[plan["detail"].str.contains("not built yet", regex=False)]
+        if cfg.analyses and len(not_built) and set(not_built["analysis"]) >= set(cfg.analyses):
+            raise NotBuiltError(not_built["detail"].iloc[0], fix="leave it out of --analyses")
+        raise NoMatchError("no participant has the inputs of any selected analysis (after labels and filters)",
+                           path=cfg.bids_dir, fix="check --participant-label, --session-label, --task-id, "
+                                                  "--bids-filter-file and -d/--derivatives")
+    if cfg.dry_run:
+        print(f"--dry-run: {len(runnable)} participant analyses would run; stopping here.")
+        return EXIT_OK
+    writer = _writer(cfg, derivatives)
+    for subject, rows in plan.groupby("participant"):
+        writer.write_table(rows.drop(columns="participant"), entities={"sub": subject}, suffix="inventory",
+                           columns=INVENTORY_COLUMNS, sources=[cfg.bids_dir / f"sub-{subject}"],
+                           description="Inputs each analysis uses for this participant, or why it does not run")
+    jobs = []
+    for row in runnable.itertuples():
+        if not cfg.rerun and writer.is_done(row.participant, row.analysis):
+            LOG.info("sub-%s: %s finished in an earlier run; skipped (use --rerun to recompute)", row.participant,
+                     row.analysis)
+            continue
+        writer.forget(row.participant, row.analysis)
+        jobs.append((row.participant, row.analysis))
+    from bids_ketamine.workflows.participant import run_participant_jobs
+
+    statuses = run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
+                                    container=writer.container) if jobs else []
+    record_run(cfg, writer, {"jobs": statuses})
+    failed = [s for s in statuses if not s["ok"]]
+    for status in failed:
+        print(f"bids-ketamine: sub-{status['subject']} {status['analysis']} failed: {status['message']}",
+              file=sys.stderr)
+    LOG.info("participant level: %d run, %d failed, %d skipped as done", len(statuses), len(failed),
+             len(runnable) - len(jobs))
+    if cfg.clean_workdir and not failed:
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
+    return _exit_code(statuses)
+
+
+def run_group_level(cfg) -> int:
+    _validate(cfg)
+    from bids_ketamine.design import participants_table, sessions_table
+    from bids_ketamine.discovery import find_derivatives
+
+    derivatives = find_derivatives(cfg.bids_dir, cfg.derivatives, cfg.output_dir)
+    participants = participants_table(cfg.bids_dir, cfg.design)
+    subjects = cfg.participant_label
+    if subjects:
+        missing = sorted(set(subjects) - set(participants["participant_id"]))
+        if missing:
+            raise NoMatchError(f"participant(s) {', '.join('sub-' + m for m in missing)} not in participants.tsv",
+                               path=cfg.bids_dir / "participants.tsv", fix="check --participant-label")
+        participants = participants[participants["participant_id"].isin(subjects)].reset_index(drop=True)
+    sessions = sessions_table(cfg.bids_dir, cfg.design, subjects)
+    if cfg.analyses is None:
+        chosen = [name for name, a in ANALYSES.items() if a.has_group_inputs(cfg.output_dir)]
+        if not chosen:
+            raise NoMatchError("no participant-level outputs found in the output folder", path=cfg.output_dir,
+                               fix="run the participant level first (same output_dir)")
+    else:
+        chosen = cfg.analyses
+    if cfg.dry_run:
+        print(f"--dry-run: group level would run {', '.join(chosen)} on {len(participants)} participants.")
+        return EXIT_OK
+    writer = _writer(cfg, derivatives)
+    results: dict[str, Any] = {}
+    failures = []
+    for name in chosen:
+        LOG.info("group level: %s ...", name)
+        try:
+            module = ANALYSES[name].module("group")
+            work = cfg.work_dir / "group" / name
+            work.mkdir(parents=True, exist_ok=True)
+            outputs = module.run_group(cfg.output_dir, participants=participants, sessions=sessions,
+                                       params=cfg.params(name), design=cfg.design, writer=writer, work_dir=work,
+                                       seed=cfg.random_seed, n_jobs=cfg.nprocs)
+            results[name] = {"ok": True, "outputs": [str(p) for p in outputs or []]}
+        except BidsKetamineError as exc:
+            print(f"bids-ketamine: group {name} failed: {exc}", file=sys.stderr)
+            results[name] = {"ok": False, "exit_code": exc.exit_code, "message": str(exc)}
+            failures.append(exc.exit_code)
+            if cfg.stop_on_first_crash:
+                break
+    record_run(cfg, writer, {"group": results})
+    if not failures:
+        return EXIT_OK
+    return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED

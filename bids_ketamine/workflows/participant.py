@@ -1,0 +1,149 @@
+"""Participant level as a nipype workflow: one node per participant and analysis, run by MultiProc or a plugin.
+
+The node is thin: it calls the analysis' ``run_participant`` inside a staged writer, so a failure leaves nothing
+partial, and records a status (ok / exit code / one-line message) instead of crashing the graph, so one bad
+participant never stops the others. Science stays in the analysis packages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bids_ketamine.errors import BidsKetamineError
+
+LOG = logging.getLogger("bids_ketamine")
+#: Rough peak memory per node (GB), so MultiProc does not oversubscribe --mem.
+NODE_MEM_GB = {"structural": 3.0, "connectivity": 3.0, "spectroscopy": 1.0}
+
+
+def run_one(state_file: str, subject: str, analysis: str) -> dict[str, Any]:
+    """Run one analysis for one participant; return a status record (never raises for data problems)."""
+    with open(state_file, "rb") as handle:
+        state = pickle.load(handle)
+    cfg, inputs = state["config"], state["inputs"][subject]
+    threads = str(cfg.omp_nthreads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        os.environ[var] = threads
+    from bids_ketamine.analyses import ANALYSES
+    from bids_ketamine.io.derivatives import DerivativesWriter
+
+    writer = DerivativesWriter(cfg.output_dir, dataset_links=state["dataset_links"], container=state["container"])
+    status: dict[str, Any] = {"subject": subject, "analysis": analysis}
+    try:
+        module = ANALYSES[analysis].module("participant")
+        work = Path(cfg.work_dir) / f"sub-{subject}" / analysis
+        work.mkdir(parents=True, exist_ok=True)
+        with writer.staged(subject, analysis) as staged:
+            outputs = module.run_participant(inputs, params=cfg.params(analysis), design=cfg.design, writer=staged,
+                                             work_dir=work, seed=cfg.random_seed, n_procs=cfg.omp_nthreads)
+        status.update(ok=True, exit_code=0, outputs=[str(p) for p in outputs or []])
+    except BidsKetamineError as exc:
+        status.update(ok=False, exit_code=exc.exit_code, message=str(exc))
+    except Exception as exc:  # a bug, not bad data: keep the traceback for the user to send us
+        log_dir = Path(cfg.output_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        crash = log_dir / f"sub-{subject}_{analysis}_crash.txt"
+        crash.write_text(traceback.format_exc())
+        status.update(ok=False, exit_code=1,
+                      message=f"unexpected error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              f" (traceback in {crash})")
+    return status
+
+
+def _interface():
+    from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+    class RunAnalysisInputSpec(BaseInterfaceInputSpec):
+        state_file = File(exists=True, mandatory=True, desc="pickled run configuration and inputs")
+        subject = traits.Str(mandatory=True)
+        analysis = traits.Str(mandatory=True)
+
+    class RunAnalysisOutputSpec(TraitedSpec):
+        status_file = File(exists=True, desc="JSON status of this participant and analysis")
+
+    class RunAnalysis(SimpleInterface):
+        """Run one bids_ketamine analysis for one participant."""
+
+        input_spec = RunAnalysisInputSpec
+        output_spec = RunAnalysisOutputSpec
+
+        def _run_interface(self, runtime):
+            status = run_one(self.inputs.state_file, self.inputs.subject, self.inputs.analysis)
+            path = Path(runtime.cwd) / "status.json"
+            path.write_text(json.dumps(status))
+            self._results["status_file"] = str(path)
+            return runtime
+
+    return RunAnalysis
+
+
+def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir: Path):
+    """A workflow with one ``RunAnalysis`` node per (subject, analysis)."""
+    from nipype.pipeline import engine as pe
+
+    run_analysis = _interface()
+    wf = pe.Workflow(name="bids_ketamine_participant", base_dir=str(work_dir))
+    for subject, analysis in jobs:
+        node = pe.Node(run_analysis(state_file=str(state_file), subject=subject, analysis=analysis),
+                       name=f"sub_{subject}_{analysis}", mem_gb=NODE_MEM_GB.get(analysis, 2.0), overwrite=True)
+        wf.add_nodes([node])
+    return wf
+
+
+def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, dataset_links: dict,
+                         container: dict) -> list[dict[str, Any]]:
+    """Run every job; return their statuses (in job order)."""
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    state_file = work / "participant_state.pkl"
+    with open(state_file, "wb") as handle:
+        pickle.dump({"config": cfg, "inputs": inputs, "dataset_links": dataset_links, "container": container}, handle)
+    if cfg.stop_on_first_crash or (cfg.nprocs == 1 and cfg.use_plugin is None):
+        statuses = []
+        for subject, analysis in jobs:
+            LOG.info("sub-%s: %s ...", subject, analysis)
+            status = run_one(str(state_file), subject, analysis)
+            statuses.append(status)
+            _log_status(status)
+            if cfg.stop_on_first_crash and not status["ok"]:
+                break
+        return statuses
+    from nipype import config as nipype_config
+
+    nipype_config.update_config({"execution": {"crashfile_format": "txt", "remove_unnecessary_outputs": False,
+                                               "check_version": False},
+                                 "monitoring": {"enabled": False}})
+    wf = init_participant_wf(state_file, jobs, work)
+    plugin, plugin_args = "MultiProc", {"n_procs": cfg.nprocs, "raise_insufficient": False}
+    if cfg.mem_gb:
+        plugin_args["memory_gb"] = cfg.mem_gb
+    if cfg.use_plugin is not None:
+        import yaml
+
+        settings = yaml.safe_load(Path(cfg.use_plugin).read_text()) or {}
+        plugin = settings.get("plugin", plugin)
+        plugin_args = {**plugin_args, **settings.get("plugin_args", {})}
+    wf.run(plugin=plugin, plugin_args=plugin_args)
+    statuses = []
+    for subject, analysis in jobs:
+        path = work / wf.name / f"sub_{subject}_{analysis}" / "status.json"
+        status = json.loads(path.read_text()) if path.exists() else {
+            "subject": subject, "analysis": analysis, "ok": False, "exit_code": 1,
+            "message": f"the workflow node did not finish (see nipype crash files in {work})"}
+        statuses.append(status)
+        _log_status(status)
+    return statuses
+
+
+def _log_status(status: dict[str, Any]) -> None:
+    if status["ok"]:
+        LOG.info("sub-%s: %s done (%d files)", status["subject"], status["analysis"], len(status.get("outputs", [])))
+    else:
+        LOG.error("sub-%s: %s failed (exit %d): %s", status["subject"], status["analysis"], status["exit_code"],
+                  status["message"])
