@@ -103,7 +103,8 @@ def plan_table(cfg, inputs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant", "analysis", "runs", "detail"])
 
 
-def print_plan(plan: pd.DataFrame, stream=sys.stdout) -> None:
+def print_plan(plan: pd.DataFrame, stream=None) -> None:
+    stream = stream or sys.stdout
     print("Input inventory (what each analysis will use, or why it will not run):", file=stream)
     for subject, rows in plan.groupby("participant", sort=True):
         print(f"  sub-{subject}", file=stream)
