@@ -105,17 +105,23 @@ def build_layout(bids_dir: Path, derivatives: dict[str, Path], database_dir: Pat
     """A pybids layout of raw data plus BIDS derivatives; saved to/reloaded from ``database_dir`` when given."""
     from bids import BIDSLayout, BIDSLayoutIndexer
 
-    kwargs: dict[str, Any] = {}
-    if database_dir is not None:
-        database_dir = Path(database_dir)
-        database_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["database_path"] = database_dir
-    try:
-        return BIDSLayout(bids_dir, validate=False, derivatives=_bids_derivatives(derivatives) or False,
-                          indexer=BIDSLayoutIndexer(validate=False, index_metadata=False), **kwargs)
-    except (ValueError, OSError) as exc:
-        raise BadDataError(f"pybids cannot index the dataset ({str(exc).splitlines()[0]})", path=bids_dir,
-                           fix="check dataset_description.json files of the dataset and its derivatives") from exc
+    def index(**kwargs: Any):
+        try:
+            return BIDSLayout(bids_dir, validate=False, derivatives=_bids_derivatives(derivatives) or False,
+                              indexer=BIDSLayoutIndexer(validate=False, index_metadata=False), **kwargs)
+        except (ValueError, OSError) as exc:
+            raise BadDataError(f"pybids cannot index the dataset ({str(exc).splitlines()[0]})", path=bids_dir,
+                               fix="check dataset_description.json files of the dataset and its derivatives") from exc
+
+    if database_dir is None:
+        return index()
+    # Many participant jobs share one saved index: the first builds it under a lock, the others load it.
+    from filelock import FileLock
+
+    database_dir = Path(database_dir).absolute()
+    database_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database_dir) + ".lock", timeout=3600):
+        return index(database_path=database_dir)
 
 
 def _first(files: list, prefer: tuple[str, ...] = ()) -> Path | None:
