@@ -21,7 +21,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ParticipantColumns(_Strict):
+class _Columns(_Strict):
+    """Column mappings: an empty string (TOML has no null) means the study has no such column."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
+
+
+class ParticipantColumns(_Columns):
     """participants.tsv columns; ``None`` means the study has no such column (defaults documented per field)."""
 
     site: str | None = Field("site", description="acquisition site or scanner; None: one site")
@@ -65,7 +74,7 @@ class ResponseRule(_Strict):
     positive: list[str] = Field([], description="values of `column` that count as the positive class")
 
 
-class SessionColumns(_Strict):
+class SessionColumns(_Columns):
     """sessions.tsv columns (``sub-X/sub-X_sessions.tsv``)."""
 
     condition: str | None = Field("condition", description="drug condition: placebo, ketamine, psilocybin, LSD...")

@@ -99,3 +99,17 @@ def test_config_errors_name_field_file_and_fix(tmp_path):
     unknown.write_text('[tractography]\nx = 1\n')
     with pytest.raises(UsageError, match="unknown section 'tractography'"):
         read_config_file(unknown)
+
+
+def test_readme_config_for_ds002748_parses(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    config = tmp_path / "ds002748.toml"
+    config.write_text(block)
+    data = read_config_file(config)
+    design = design_from_file(data, config)
+    assert design.participants.site is None and design.participants.sex == "gender"
+    assert design.response.column == "group" and data["random_seed"] == 1
