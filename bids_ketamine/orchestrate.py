@@ -7,6 +7,8 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import pandas as pd
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.analyses import ANALYSES
-from bids_ketamine.errors import EXIT_OK, EXIT_PARTICIPANT_FAILED, BidsKetamineError, NoMatchError, NotBuiltError
+from bids_ketamine.errors import (EXIT_OK, EXIT_PARTICIPANT_FAILED, BidsKetamineError, NoMatchError, NotBuiltError,
+                                  TemporaryFailure, UsageError)
 
 LOG = logging.getLogger("bids_ketamine")
 INVENTORY_COLUMNS = {"analysis": "analysis name", "runs": "whether the analysis runs for this participant",
@@ -196,8 +199,43 @@ def run_group_level(cfg) -> int:
         print(f"--dry-run: group level would run {', '.join(chosen)} on {len(participants)} participants.")
         return EXIT_OK
     writer = _writer(cfg, derivatives)
+    with resampling_backend(cfg.dask_scheduler):
+        results, failures = _run_group_analyses(cfg, chosen, participants, sessions, writer)
+    record_run(cfg, writer, {"group": results})
+    if not failures:
+        return EXIT_OK
+    return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED
+
+
+@contextmanager
+def resampling_backend(dask_scheduler: str | None) -> Iterator[None]:
+    """Route joblib (permutations, bootstrap, surrogates) to a dask.distributed cluster when one is given.
+
+    Analyses seed every resample independently, so the backend changes where work runs, never its result.
+    """
+    if not dask_scheduler:
+        yield
+        return
+    try:
+        import joblib
+        from dask.distributed import Client
+    except ImportError as exc:
+        raise UsageError("--dask-scheduler needs dask.distributed", fix="pip install 'bids_ketamine[dask]'") from exc
+    try:
+        client = Client(dask_scheduler, timeout="30s")
+    except (OSError, TimeoutError) as exc:
+        raise TemporaryFailure(f"cannot reach the dask scheduler at {dask_scheduler} ({exc})",
+                               fix="check the address and that the scheduler is running") from exc
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield
+    finally:
+        client.close()
+
+
+def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[dict[str, Any], list[int]]:
     results: dict[str, Any] = {}
-    failures = []
+    failures: list[int] = []
     for name in chosen:
         LOG.info("group level: %s ...", name)
         try:
@@ -214,7 +252,4 @@ def run_group_level(cfg) -> int:
             failures.append(exc.exit_code)
             if cfg.stop_on_first_crash:
                 break
-    record_run(cfg, writer, {"group": results})
-    if not failures:
-        return EXIT_OK
-    return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED
+    return results, failures
