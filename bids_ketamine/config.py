@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bids_ketamine.design import StudyDesign
-from bids_ketamine.errors import UsageError
+from bids_ketamine.errors import NotBuiltError, UsageError
 
 DEFAULT_SEED = 20240601
 #: analysis name -> (module, class) of its parameter model; imported only when needed (keeps --help fast).
@@ -83,7 +83,13 @@ def build_model(model: type[BaseModel], data: dict[str, Any], section: str, path
 
 def param_model(analysis: str) -> type[BaseModel]:
     module, name = PARAM_MODELS[analysis]
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"bids_ketamine.{analysis}"):
+            raise NotBuiltError(f"the {analysis} analysis is not built yet in this version (no parameters)",
+                                fix=f"leave '{analysis}' out of --analyses") from exc
+        raise
 
 
 @dataclass

@@ -143,10 +143,26 @@ def _derivative_name(path: str) -> str:
     return Path(path).name
 
 
-def collect_anat(layout, subject: str, derivatives: dict[str, Path], filters: dict) -> AnatInputs:
-    t1w = layout.get(subject=subject, datatype="anat", suffix="T1w", extension=[".nii", ".nii.gz"], scope="raw",
-                     **filters.get("t1w", {}))
-    deriv = layout.get(subject=subject, datatype="anat", scope="derivatives", extension=[".nii", ".nii.gz", ".h5"])
+def _by_subject(files: list) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for f in files:
+        grouped.setdefault(f.entities.get("subject"), []).append(f)
+    return grouped
+
+
+def _cat12_maps(derivatives: dict[str, Path]) -> dict[str, Path]:
+    """CAT12 modulated GM maps (``mwp1*.nii``) by subject, from one walk of each derivatives folder."""
+    found: dict[str, Path] = {}
+    for root in derivatives.values():
+        for path in sorted(root.rglob("mwp1*.nii*")):
+            match = re.search(r"sub-([A-Za-z0-9]+)", path.as_posix())
+            if match:
+                found.setdefault(match.group(1), path)
+    return found
+
+
+def anat_inputs(raw_t1w: list, deriv: list, subject: str, derivatives: dict[str, Path],
+                cat12: dict[str, Path]) -> AnatInputs:
     probseg = [f for f in deriv if f.entities.get("suffix") == "probseg" and f.entities.get("label") == "GM"
                and _mni(f.entities.get("space"))]
     gm = _first(probseg, MNI_SPACES)
@@ -158,29 +174,18 @@ def collect_anat(layout, subject: str, derivatives: dict[str, Path], filters: di
         xfm = _first(xfms)
     masks = [f for f in deriv if f.entities.get("suffix") == "mask" and f.entities.get("desc") == "brain"
              and not f.entities.get("space")]
-    cat12 = None
     freesurfer = None
-    for name, root in derivatives.items():
-        candidates = sorted(root.glob(f"**/mwp1*sub-{subject}*.nii*")) + sorted(root.glob(f"sub-{subject}/**/mwp1*.nii*"))
-        if candidates and cat12 is None:
-            cat12 = candidates[0]
-        fs = root / f"sub-{subject}" / "stats" / "aseg.stats"
-        if fs.exists() and freesurfer is None:
-            freesurfer = fs.parent.parent
+    for root in derivatives.values():
+        if (root / f"sub-{subject}" / "stats" / "aseg.stats").exists():
+            freesurfer = root / f"sub-{subject}"
+            break
     return AnatInputs(
-        t1w=tuple(sorted(Path(f.path) for f in t1w)), gm_probseg_mni=gm, t1w_to_mni_xfm=xfm,
-        brain_mask_t1w=_first(masks), mni_space=space, cat12_mwp1=cat12, freesurfer_dir=freesurfer,
+        t1w=tuple(sorted(Path(f.path) for f in raw_t1w)), gm_probseg_mni=gm, t1w_to_mni_xfm=xfm,
+        brain_mask_t1w=_first(masks), mni_space=space, cat12_mwp1=cat12.get(subject), freesurfer_dir=freesurfer,
     )
 
 
-def collect_bold(layout, subject: str, sessions: list[str] | None, task: str | None, filters: dict,
-                 conditions: dict[str, str]) -> tuple[BoldRun, ...]:
-    query: dict[str, Any] = dict(subject=subject, datatype="func", scope="derivatives", **filters.get("bold", {}))
-    if task:
-        query["task"] = task
-    if sessions:
-        query["session"] = sessions
-    files = layout.get(**query)
+def bold_inputs(layout, files: list, raw_bold: list, subject: str, conditions: dict[str, str]) -> tuple[BoldRun, ...]:
     preproc = [f for f in files if f.entities.get("suffix") == "bold" and f.entities.get("desc") == "preproc"
                and f.entities.get("extension") in (".nii.gz", ".nii") and _mni(f.entities.get("space"))]
     cifti = [f for f in files if f.entities.get("suffix") == "bold" and f.entities.get("extension") == ".dtseries.nii"
@@ -205,13 +210,10 @@ def collect_bold(layout, subject: str, sessions: list[str] | None, task: str | N
         masks = [m for m in files if m.entities.get("suffix") == "mask" and m.entities.get("desc") == "brain"
                  and m.entities.get("space") == ent.get("space") and m.entities.get("res") == ent.get("res")
                  and all(m.entities.get(k) == v for k, v in same.items())]
-        meta_path = Path(f.path.replace(ent["extension"], ".json"))
-        tr = None
-        if meta_path.exists():
-            tr = json.loads(meta_path.read_text()).get("RepetitionTime")
-        if tr is None:
-            raw = layout.get(subject=subject, datatype="func", suffix="bold", scope="raw", extension=".nii.gz",
-                             **same)
+        meta_path = Path(f.path[: -len(ent["extension"])] + ".json")
+        tr = json.loads(meta_path.read_text()).get("RepetitionTime") if meta_path.exists() else None
+        if tr is None:  # fMRIPrep copies it into the sidecar; else inherit it from the raw BOLD's metadata
+            raw = [r for r in raw_bold if all(r.entities.get(k) == v for k, v in same.items())]
             if raw:
                 tr = layout.get_metadata(raw[0].path).get("RepetitionTime")
         confounds = _first(conf)
@@ -225,16 +227,10 @@ def collect_bold(layout, subject: str, sessions: list[str] | None, task: str | N
     return tuple(out)
 
 
-def collect_mrs(layout, subject: str, sessions: list[str] | None, task: str | None, filters: dict,
-                pretreatments: dict[str, str], conditions: dict[str, str]) -> tuple[MrsAcquisition, ...]:
-    query: dict[str, Any] = dict(subject=subject, datatype="mrs", scope="raw", extension=[".nii", ".nii.gz"])
-    if sessions:
-        query["session"] = sessions
-    svs = layout.get(suffix="svs", **query, **filters.get("svs", {}))
+def mrs_inputs(svs: list, refs: list, events: list, task: str | None, pretreatments: dict[str, str],
+               conditions: dict[str, str]) -> tuple[MrsAcquisition, ...]:
     if task:
         svs = [f for f in svs if f.entities.get("task") in (task, None)]
-    refs = layout.get(suffix="mrsref", **query, **filters.get("mrsref", {}))
-    events = layout.get(subject=subject, datatype="mrs", suffix="events", extension=".tsv", scope="raw")
     out = []
     for f in sorted(svs, key=lambda f: f.path):
         ent = f.entities
@@ -271,15 +267,44 @@ def select_subjects(layout, requested: list[str] | None) -> list[str]:
     return requested
 
 
-def collect_participant(layout, subject: str, *, derivatives: dict[str, Path], sessions: list[str] | None,
-                        task: str | None, filters: dict, sessions_table, phenotype: dict[str, str]) -> ParticipantInputs:
-    rows = sessions_table[sessions_table["participant_id"] == subject]
-    conditions = {r.session_id: r.condition for r in rows.itertuples() if isinstance(r.condition, str)}
-    pretreatments = {r.session_id: r.pretreatment for r in rows.itertuples() if isinstance(r.pretreatment, str)}
-    return ParticipantInputs(
-        subject=subject,
-        anat=collect_anat(layout, subject, derivatives, filters),
-        bold=collect_bold(layout, subject, sessions, task, filters, conditions),
-        mrs=collect_mrs(layout, subject, sessions, task, filters, pretreatments, conditions),
-        phenotype=phenotype,
-    )
+def collect_inputs(layout, subjects: list[str], *, derivatives: dict[str, Path], sessions: list[str] | None,
+                   task: str | None, filters: dict, sessions_table, phenotypes: dict[str, dict[str, str]]
+                   ) -> dict[str, ParticipantInputs]:
+    """Every participant's inputs from a handful of layout queries (not a handful per participant)."""
+    base: dict[str, Any] = {"subject": subjects}
+    if sessions:
+        base["session"] = sessions
+    nifti = [".nii", ".nii.gz"]
+    t1w = _by_subject(layout.get(**base, datatype="anat", suffix="T1w", extension=nifti, scope="raw",
+                                 **filters.get("t1w", {})))
+    anat = _by_subject(layout.get(**base, datatype="anat", scope="derivatives", extension=[*nifti, ".h5"]))
+    func_query = dict(base, datatype="func", scope="derivatives", **filters.get("bold", {}))
+    if task:
+        func_query["task"] = task
+    func = _by_subject(layout.get(**func_query))
+    raw_bold = _by_subject(layout.get(**dict(func_query, scope="raw"), suffix="bold", extension=nifti))
+    mrs_query = dict(base, datatype="mrs", scope="raw", extension=nifti)
+    svs = _by_subject(layout.get(**mrs_query, suffix="svs", **filters.get("svs", {})))
+    refs = _by_subject(layout.get(**mrs_query, suffix="mrsref", **filters.get("mrsref", {})))
+    events = _by_subject(layout.get(**base, datatype="mrs", suffix="events", extension=".tsv", scope="raw"))
+    cat12 = _cat12_maps(derivatives)
+    conditions_of: dict[str, dict[str, str]] = {}
+    pretreatments_of: dict[str, dict[str, str]] = {}
+    for row in sessions_table.to_dict("records"):
+        if isinstance(row["condition"], str):
+            conditions_of.setdefault(row["participant_id"], {})[row["session_id"]] = row["condition"]
+        if isinstance(row["pretreatment"], str):
+            pretreatments_of.setdefault(row["participant_id"], {})[row["session_id"]] = row["pretreatment"]
+    out = {}
+    for subject in subjects:
+        conditions = conditions_of.get(subject, {})
+        pretreatments = pretreatments_of.get(subject, {})
+        out[subject] = ParticipantInputs(
+            subject=subject,
+            anat=anat_inputs(t1w.get(subject, []), anat.get(subject, []), subject, derivatives, cat12),
+            bold=bold_inputs(layout, func.get(subject, []), raw_bold.get(subject, []), subject, conditions),
+            mrs=mrs_inputs(svs.get(subject, []), refs.get(subject, []), events.get(subject, []), task,
+                           pretreatments, conditions),
+            phenotype=phenotypes.get(subject, {}),
+        )
+    return out

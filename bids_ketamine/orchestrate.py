@@ -67,7 +67,7 @@ def record_run(cfg, writer, extra: dict[str, Any]) -> Path:
 def discover(cfg):
     """Layout, selected subjects, standardised tables and per-participant inputs."""
     from bids_ketamine.design import participants_table, sessions_table
-    from bids_ketamine.discovery import build_layout, collect_participant, find_derivatives, select_subjects
+    from bids_ketamine.discovery import build_layout, collect_inputs, find_derivatives, select_subjects
 
     derivatives = find_derivatives(cfg.bids_dir, cfg.derivatives, cfg.output_dir)
     layout = build_layout(cfg.bids_dir, derivatives, cfg.bids_database_dir)
@@ -75,16 +75,12 @@ def discover(cfg):
     participants = (participants_table(cfg.bids_dir, cfg.design) if (cfg.bids_dir / "participants.tsv").exists()
                     else None)
     sessions = sessions_table(cfg.bids_dir, cfg.design, subjects)
-    inputs = {}
-    for subject in subjects:
-        phenotype: dict[str, str] = {}
-        if participants is not None:
-            row = participants[participants["participant_id"] == subject]
-            if len(row):
-                phenotype = {k: str(v) for k, v in row.iloc[0].items()}
-        inputs[subject] = collect_participant(layout, subject, derivatives=derivatives, sessions=cfg.session_label,
-                                              task=cfg.task_id, filters=cfg.bids_filters, sessions_table=sessions,
-                                              phenotype=phenotype)
+    phenotypes: dict[str, dict[str, str]] = {}
+    if participants is not None:
+        phenotypes = {row["participant_id"]: {k: str(v) for k, v in row.items()}
+                      for row in participants.to_dict("records")}
+    inputs = collect_inputs(layout, subjects, derivatives=derivatives, sessions=cfg.session_label,
+                            task=cfg.task_id, filters=cfg.bids_filters, sessions_table=sessions, phenotypes=phenotypes)
     return derivatives, subjects, participants, sessions, inputs
 
 
