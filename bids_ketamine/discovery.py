@@ -173,7 +173,7 @@ def anat_inputs(raw_t1w: list, deriv: list, subject: str, derivatives: dict[str,
         xfms = [f for f in deriv if f.entities.get("suffix") == "xfm" and f"from-T1w_to-{space}_" in f.filename]
         xfm = _first(xfms)
     masks = [f for f in deriv if f.entities.get("suffix") == "mask" and f.entities.get("desc") == "brain"
-             and not f.entities.get("space")]
+             and not f.entities.get("space") and f.entities.get("extension") in (".nii", ".nii.gz")]
     freesurfer = None
     for root in derivatives.values():
         if (root / f"sub-{subject}" / "stats" / "aseg.stats").exists():
@@ -208,7 +208,7 @@ def bold_inputs(layout, files: list, raw_bold: list, subject: str, conditions: d
                 and c.entities.get("extension") == ".tsv"
                 and all(c.entities.get(k) == v for k, v in same.items())]
         masks = [m for m in files if m.entities.get("suffix") == "mask" and m.entities.get("desc") == "brain"
-                 and m.entities.get("space") == ent.get("space") and m.entities.get("res") == ent.get("res")
+                 and m.entities.get("extension") in (".nii", ".nii.gz") and m.entities.get("space") == ent.get("space") and m.entities.get("res") == ent.get("res")
                  and all(m.entities.get(k) == v for k, v in same.items())]
         meta_path = Path(f.path[: -len(ent["extension"])] + ".json")
         tr = json.loads(meta_path.read_text()).get("RepetitionTime") if meta_path.exists() else None

@@ -26,13 +26,14 @@ ENTITY_ORDER = (
     "seg", "roi", "label", "hemi", "model", "stat", "contrast", "block", "desc",
 )
 #: Patterns of our result tables and files that the BIDS specification does not define (see .bidsignore).
+#: Folders are written without a trailing slash: bids-validator-deno ignores patterns that end in "/".
 BIDSIGNORE_PATTERNS = (
     "*_morph.tsv", "*_morph.json", "*_relmat.tsv", "*_relmat.json", "*_timeseries.tsv", "*_timeseries.json",
     "*_gbc.tsv", "*_gbc.json", "*_mrsfit.tsv", "*_mrsfit.json", "*_stats.tsv", "*_stats.json",
     "*_predictions.tsv", "*_predictions.json", "*_metrics.tsv", "*_metrics.json", "*_weights.tsv",
     "*_weights.json", "*_scores.tsv", "*_scores.json", "*_components.tsv", "*_components.json", "*_null.tsv",
-    "*_null.json", "*_inventory.tsv", "*_inventory.json", "group/", "logs/", "figures/", "*.html", "*.md",
-    "*.svg", "*.png", ".bids_ketamine/",
+    "*_null.json", "*_inventory.tsv", "*_inventory.json", "group", "logs", "figures", "*.html", "*.md",
+    "*.svg", "*.png", ".bids_ketamine",
 )
 _STATE_DIR = ".bids_ketamine"
 

@@ -164,7 +164,8 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
                                                  site_offset=site_offset[site], seed=derived_seed(seed, "anat", label))
                 anat_truth["subjects"][label] = {"responder": responder, "gm_effect": gm_effect, "arm": arm,
                                                  "cohort": cohort, "site": site}
-                anat_truth.setdefault("effect", info)
+                # the planted effect is the same for everyone; keep it once, without this machine's file paths
+                anat_truth.setdefault("effect", {k: v for k, v in info.items() if k != "files"})
         anat_truth["gm_separation_sd"] = GM_SEPARATION
         anat_truth["bayes_auc_latent"] = float(norm.cdf(GM_SEPARATION / np.sqrt(2)))
         anat_truth["bayes_auc_note"] = ("AUC of the optimal classifier that sees the latent grey-matter score exactly "
@@ -195,12 +196,17 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
         sexes = {label: ("F" if i % 2 else "M") for i, label in enumerate(labels)}
         sessions = {"placebo": "placebo", "naltrexone": "naltrexone"}
         improvement = {"placebo": 12.0, "naltrexone": 12.0 * (1 - 0.28)}
-        madrs_truth = {"mean_improvement": improvement,
-                       "condition_x_time": improvement["naltrexone"] - improvement["placebo"]}
+        madrs_truth = {
+            "mean_improvement": improvement,
+            "improvement_difference_naltrexone_minus_placebo": improvement["naltrexone"] - improvement["placebo"],
+            # on the MADRS score (time 0 = baseline, 1 = 24 h; naltrexone = 1): the score falls less after naltrexone
+            "pretreatment_x_time_score": improvement["placebo"] - improvement["naltrexone"],
+        }
         for i, label in enumerate(labels):
             rows.append({"participant_id": f"sub-{label}", "study": "spectroscopy", "site": "siteM",
                          "sex": sexes[label], "age": float(np.round(rng.uniform(20, 60)))})
-            order = ["placebo", "naltrexone"] if i % 2 == 0 else ["naltrexone", "placebo"]
+            # crossover order balanced within each sex (sex alternates with i), so period is estimable
+            order = ["placebo", "naltrexone"] if (i // 2) % 2 == 0 else ["naltrexone", "placebo"]
             sess = []
             for period, ses in enumerate(order, start=1):
                 base = float(np.clip(np.round(rng.normal(30, 4)), 20, 45))

@@ -56,41 +56,15 @@ def run_one(state_file: str, subject: str, analysis: str) -> dict[str, Any]:
     return status
 
 
-def _interface():
-    from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
-
-    class RunAnalysisInputSpec(BaseInterfaceInputSpec):
-        state_file = File(exists=True, mandatory=True, desc="pickled run configuration and inputs")
-        subject = traits.Str(mandatory=True)
-        analysis = traits.Str(mandatory=True)
-
-    class RunAnalysisOutputSpec(TraitedSpec):
-        status_file = File(exists=True, desc="JSON status of this participant and analysis")
-
-    class RunAnalysis(SimpleInterface):
-        """Run one bids_ketamine analysis for one participant."""
-
-        input_spec = RunAnalysisInputSpec
-        output_spec = RunAnalysisOutputSpec
-
-        def _run_interface(self, runtime):
-            status = run_one(self.inputs.state_file, self.inputs.subject, self.inputs.analysis)
-            path = Path(runtime.cwd) / "status.json"
-            path.write_text(json.dumps(status))
-            self._results["status_file"] = str(path)
-            return runtime
-
-    return RunAnalysis
-
-
 def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir: Path):
     """A workflow with one ``RunAnalysis`` node per (subject, analysis)."""
     from nipype.pipeline import engine as pe
 
-    run_analysis = _interface()
+    from bids_ketamine.workflows.interfaces import RunAnalysis
+
     wf = pe.Workflow(name="bids_ketamine_participant", base_dir=str(work_dir))
     for subject, analysis in jobs:
-        node = pe.Node(run_analysis(state_file=str(state_file), subject=subject, analysis=analysis),
+        node = pe.Node(RunAnalysis(state_file=str(state_file), subject=subject, analysis=analysis),
                        name=f"sub_{subject}_{analysis}", mem_gb=NODE_MEM_GB.get(analysis, 2.0), overwrite=True)
         wf.add_nodes([node])
     return wf
@@ -120,7 +94,9 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
                                                "check_version": False},
                                  "monitoring": {"enabled": False}})
     wf = init_participant_wf(state_file, jobs, work)
-    plugin, plugin_args = "MultiProc", {"n_procs": cfg.nprocs, "raise_insufficient": False}
+    # forkserver: worker processes must not inherit the parent's threads and locks (fork after threads deadlocks)
+    plugin, plugin_args = "MultiProc", {"n_procs": cfg.nprocs, "raise_insufficient": False,
+                                        "mp_context": "forkserver"}
     if cfg.mem_gb:
         plugin_args["memory_gb"] = cfg.mem_gb
     if cfg.use_plugin is not None:

@@ -1,0 +1,514 @@
+"""Connectivity group level: individual delta-GBC maps -> per-drug PCA with its shuffle null, PC maps, subject
+scores and mean map; participation ratio across drugs; PC maps against gene expression with spatial nulls.
+
+Inputs are the participant level's ``sub-<label>/**/sub-<label>_desc-<drug>minusplacebo_gbc.tsv`` tables (columns
+``parcel`` and ``delta_gbc``, see docs/connectivity_tables.md), or maps computed elsewhere in that format. Parcels
+are matched BY NAME: a table with missing, extra or repeated parcels is refused naming the table. When the parcel
+names are those of the configured atlas (``participant.atlas_nifti``/``atlas_labels``, or the default atlas) the
+atlas order is used and PC maps are also written as NIfTI images; otherwise the sorted names are used, images are
+skipped (noted in the summary) and the gene analysis, which needs parcel centroids, is refused.
+
+Subjects: when the participants table lists subjects, only their maps are used (others are noted as left out).
+
+Outputs under ``group/`` (every table with a sidecar describing its columns):
+``atlas-<a>_desc-<drug>pca_stats.tsv`` (per PC: explained variance, null threshold, p, significance),
+``..._desc-<drug>pca_components.tsv`` (z-scored PC maps, parcels x PCs), ``..._desc-<drug>pca_scores.tsv``
+(r of each subject's map with each PC map), ``..._desc-<drug>pca_null.tsv`` (shuffled explained variances),
+``..._desc-<drug>mean_gbc.tsv`` (mean delta map), ``..._stat-z_desc-<drug>pc<k>_statmap.nii.gz`` and
+``..._stat-mean_desc-<drug>deltagbc_statmap.nii.gz``, ``figures/..._desc-<drug>scree_pca.svg``;
+``desc-dimensionality*_stats.tsv``; ``..._desc-<drug>pc<k>genes_stats.tsv``; ``desc-nullcalibration_stats.tsv``;
+``desc-connectivity_summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.connectivity import dimensionality as dim
+from bids_ketamine.connectivity import genes as gn
+from bids_ketamine.connectivity.pca import DeltaPCA, delta_pca_frame
+from bids_ketamine.connectivity.params import ConnectivityParams
+from bids_ketamine.errors import BadDataError, MissingInputError, UsageError
+
+LOG = logging.getLogger(__name__)
+
+DELTA_GLOB = "sub-*/**/sub-*_desc-*minusplacebo_gbc.tsv"
+_DELTA_NAME = re.compile(r"^sub-(?P<sub>[0-9a-zA-Z]+)_(?:.*_)?desc-(?P<drug>[0-9a-zA-Z]+)minusplacebo_gbc\.tsv$")
+KEY_COLUMN = "parcel"
+VALUE_COLUMN = "delta_gbc"
+
+
+# --------------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class DeltaMap:
+    """One subject's delta-GBC map for one drug, keyed by parcel name."""
+
+    subject: str
+    drug: str
+    path: Path
+    values: pd.Series               # indexed by parcel name
+    parcel_info: pd.DataFrame       # hemisphere / structure columns when the table has them
+
+
+def find_delta_tables(output_dir: str | Path) -> list[Path]:
+    """Every delta-GBC table under ``output_dir`` (sorted, so the reading order never depends on the file system)."""
+    return sorted(p for p in Path(output_dir).glob(DELTA_GLOB) if _DELTA_NAME.match(p.name))
+
+
+def read_delta_table(path: str | Path) -> DeltaMap:
+    """Read and check one delta table; BadDataError names the file and the fix."""
+    path = Path(path)
+    match = _DELTA_NAME.match(path.name)
+    if not match:
+        raise BadDataError("not a delta-GBC table name", path=path,
+                           fix="name it sub-<label>_desc-<drug>minusplacebo_gbc.tsv")
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
+    except Exception as exc:  # pandas raises several types for unreadable text
+        raise BadDataError(f"cannot read the table ({exc})", path=path, fix="write a tab-separated table") from exc
+    missing = [c for c in (KEY_COLUMN, VALUE_COLUMN) if c not in table.columns]
+    if missing:
+        raise BadDataError(f"table lacks column(s) {', '.join(missing)}", path=path,
+                           fix=f"give columns '{KEY_COLUMN}' (parcel name) and '{VALUE_COLUMN}' "
+                               "(see docs/connectivity_tables.md)")
+    names = table[KEY_COLUMN].astype(str)
+    if names.duplicated().any():
+        raise BadDataError(f"parcel {names[names.duplicated()].iloc[0]!r} appears twice", path=path,
+                           fix="give one row per parcel")
+    values = pd.to_numeric(table[VALUE_COLUMN], errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(dtype=float))
+    if bad.any():
+        raise BadDataError(f"parcel {names[bad].iloc[0]!r} has no finite {VALUE_COLUMN} value", path=path,
+                           fix="recompute the map (a constant or empty parcel cannot enter the group analysis)")
+    info_cols = [c for c in ("hemisphere", "structure") if c in table.columns]
+    info = table[info_cols].set_axis(names.to_list()) if info_cols else pd.DataFrame(index=names.to_list())
+    return DeltaMap(subject=match["sub"], drug=match["drug"].lower(), path=path,
+                    values=pd.Series(values.to_numpy(dtype=float), index=names.to_list(), name=match["sub"]),
+                    parcel_info=info)
+
+
+def delta_matrix(maps: list[DeltaMap], parcel_order: list[str]) -> pd.DataFrame:
+    """Subjects x parcels frame in ``parcel_order``, matched by name; refuses a table whose parcels differ."""
+    wanted = set(parcel_order)
+    rows = {}
+    for m in maps:
+        have = set(m.values.index)
+        if have != wanted:
+            missing = sorted(wanted - have)
+            extra = sorted(have - wanted)
+            raise BadDataError(
+                f"parcels differ from the other maps: missing {missing[:3]}{'...' if len(missing) > 3 else ''} "
+                f"({len(missing)}), extra {extra[:3]}{'...' if len(extra) > 3 else ''} ({len(extra)})", path=m.path,
+                fix="compute every map with the same atlas (parcels are matched by name), or remove this table")
+        if m.subject in rows:
+            raise BadDataError(f"a second {m.drug} map for sub-{m.subject}", path=m.path,
+                               fix="keep one desc-<drug>minusplacebo table per subject and drug")
+        rows[m.subject] = m.values.loc[parcel_order]
+    return pd.DataFrame(rows).T.sort_index()
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _seed_for(seed: int, *labels: str) -> int:
+    """A seed for one labelled step: independent of the other steps, stable across runs."""
+    digest = hashlib.sha256("/".join(labels).encode()).digest()
+    return int(np.random.SeedSequence([int(seed), int.from_bytes(digest[:4], "little")]).generate_state(1)[0])
+
+
+def _load_atlas(params: ConnectivityParams):
+    from bids_ketamine.atlas import load_atlas, load_default_atlas
+
+    part = params.participant
+    if getattr(part, "atlas_nifti", None) is not None:
+        return load_atlas(part.atlas_nifti, part.atlas_labels)
+    return load_default_atlas()
+
+
+def _parcel_frame(names: list[str], info: pd.DataFrame) -> pd.DataFrame:
+    frame = pd.DataFrame({"parcel": names})
+    for col in ("hemisphere", "structure"):
+        if col in info.columns:
+            frame[col] = info.loc[names, col].to_numpy()
+    return frame
+
+
+PARCEL_COLUMNS = {
+    "parcel": "parcel (region) name of the atlas",
+    "hemisphere": {"Description": "hemisphere of the parcel", "Levels": {"L": "left", "R": "right", "B": "both"}},
+    "structure": "cortex, subcortex, cerebellum or brainstem",
+}
+
+
+def _params_record(params: ConnectivityParams) -> dict[str, Any]:
+    return params.model_dump(mode="json", exclude={"participant"})
+
+
+# --------------------------------------------------------------------------------------------- writing
+def pca_tables(result: DeltaPCA, info: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The per-drug result tables (stats, components, scores, null, mean) as DataFrames."""
+    k = result.explained_variance_ratio.size
+    sig = result.significance
+    counted = np.arange(k) < result.n_significant
+    stats = pd.DataFrame({
+        "component": np.arange(1, k + 1),
+        "eigenvalue": result.eigenvalues,
+        "explained_variance_ratio": result.explained_variance_ratio,
+        "cumulative_explained_variance_ratio": np.cumsum(result.explained_variance_ratio),
+        "null_mean": result.null.mean(axis=0),
+        "null_threshold": sig.threshold,
+        "p_value": sig.p_values,
+        "exceeds_null": sig.significant,
+        "significant": counted,
+    })
+    comps = _parcel_frame(result.parcels, info)
+    for i in range(k):
+        comps[f"pc{i + 1}"] = result.maps_z[i]
+    scores = pd.DataFrame({"participant_id": result.subjects})
+    for i in range(k):
+        scores[f"pc{i + 1}"] = result.scores[:, i]
+    null = pd.DataFrame(result.null, columns=[f"pc{i + 1}" for i in range(k)])
+    null.insert(0, "shuffle", np.arange(1, result.null.shape[0] + 1))
+    mean = _parcel_frame(result.parcels, info)
+    return {"stats": stats, "components": comps, "scores": scores, "null": null, "mean": mean}
+
+
+def scree_figure(result: DeltaPCA, drug: str, max_rank: int = 15):
+    """Explained variance per PC with the shuffle null's 5-95 % band and its significance threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    k = min(max_rank, result.explained_variance_ratio.size)
+    ranks = np.arange(1, k + 1)
+    low, high = np.percentile(result.null[:, :k], [5, 95], axis=0)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.fill_between(ranks, 100 * low, 100 * high, color="0.8", label="shuffle null, 5-95 %")
+    ax.plot(ranks, 100 * result.significance.threshold[:k], color="0.4", ls="--",
+            label=f"null {result.percentile:g}th percentile")
+    ax.plot(ranks, 100 * result.explained_variance_ratio[:k], "o-", color="C0", label="observed")
+    sig = np.arange(k) < result.n_significant
+    ax.plot(ranks[sig], 100 * result.explained_variance_ratio[:k][sig], "o", color="C3",
+            label=f"significant ({result.n_significant})")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("explained variance (%)")
+    ax.set_title(f"{drug}: delta-GBC PCA, {len(result.subjects)} subjects, {result.n_shuffles} shuffles")
+    ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def _image(atlas, parcels: list[str], values: np.ndarray):
+    import nibabel as nib
+
+    data = atlas.data()
+    lut = np.zeros(int(atlas.labels["index"].max()) + 1, dtype=np.float32)
+    index = atlas.labels.set_index("name")["index"]
+    lut[index.loc[parcels].to_numpy(dtype=int)] = values
+    img = nib.Nifti1Image(lut[data], atlas.image.affine)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: pd.DataFrame | None, params: Any,
+              design: Any, writer, work_dir: Path, seed: int, n_jobs: int = 1) -> list[Path]:
+    """Read every delta-GBC table in ``output_dir`` and write the connectivity group results with ``writer``."""
+    params = params if isinstance(params, ConnectivityParams) else ConnectivityParams.model_validate(params or {})
+    output_dir, work_dir = Path(output_dir), Path(work_dir)
+    paths = find_delta_tables(output_dir)
+    if not paths:
+        raise MissingInputError("no delta-GBC tables (sub-*/**/sub-*_desc-<drug>minusplacebo_gbc.tsv) found",
+                                path=output_dir, fix="run the connectivity participant level first (same output_dir)")
+    maps = [read_delta_table(p) for p in paths]
+    notes: list[str] = []
+    if participants is not None and len(participants):
+        listed = set(participants["participant_id"].astype(str))
+        left_out = sorted({m.subject for m in maps if m.subject not in listed})
+        if left_out:
+            notes.append("maps of subjects not in the participants table left out: "
+                         + ", ".join(f"sub-{s}" for s in left_out))
+            LOG.warning(notes[-1])
+        maps = [m for m in maps if m.subject in listed]
+    by_drug: dict[str, list[DeltaMap]] = defaultdict(list)
+    for m in maps:
+        by_drug[m.drug].append(m)
+    drugs = sorted(by_drug)
+    if params.drugs is not None:
+        wanted = [d.lower() for d in params.drugs]
+        absent = [d for d in wanted if d not in by_drug]
+        if absent:
+            raise UsageError(f"drug(s) {', '.join(absent)} have no delta maps (found: {', '.join(drugs) or 'none'})",
+                             fix="correct connectivity.drugs in the config file")
+        drugs = wanted
+    for drug in list(drugs):
+        if len(by_drug[drug]) < params.min_subjects:
+            notes.append(f"{drug}: {len(by_drug[drug])} maps, fewer than min_subjects={params.min_subjects}: skipped")
+            LOG.warning(notes[-1])
+            drugs.remove(drug)
+    if not drugs:
+        raise BadDataError("no drug has enough delta maps for the group analysis: " + "; ".join(notes),
+                           path=output_dir, fix=f"at least {params.min_subjects} subjects per drug are needed")
+
+    # one parcel set for every map (names), in atlas order when the atlas matches
+    first = by_drug[drugs[0]][0]
+    names = set(first.values.index)
+    atlas = _load_atlas(params)
+    atlas_matches = names == set(atlas.names)
+    if atlas_matches:
+        parcel_order = list(atlas.names)
+        info = atlas.labels.set_index("name")[["hemisphere", "structure"]]
+    else:
+        parcel_order = sorted(names)
+        info = first.parcel_info
+        notes.append(f"parcel names do not match the atlas {atlas.name}: PC images and gene analysis unavailable")
+        LOG.warning(notes[-1])
+    matrices = {drug: delta_matrix(by_drug[drug], parcel_order) for drug in drugs}
+    ent_base = {"atlas": atlas.name} if atlas_matches else {}
+    record = _params_record(params)
+    written: list[Path] = []
+    summary: dict[str, Any] = {"drugs": {}, "notes": notes, "seed": seed, "parcels": len(parcel_order)}
+    results: dict[str, DeltaPCA] = {}
+
+    for drug in drugs:
+        matrix = matrices[drug]
+        sources = [m.path for m in by_drug[drug]]
+        result = delta_pca_frame(matrix, parcel_order=parcel_order, n_shuffles=params.n_shuffles,
+                                 percentile=params.significance_percentile, seed=_seed_for(seed, "pca", drug),
+                                 batch_size=params.shuffle_batch_size, n_jobs=n_jobs)
+        results[drug] = result
+        tables = pca_tables(result, info)
+        tables["mean"]["mean_delta_gbc"] = result.mean_map
+        tables["mean"]["sd_delta_gbc"] = matrix.to_numpy().std(axis=0, ddof=1)
+        tables["mean"]["n_subjects"] = matrix.shape[0]
+        k = result.explained_variance_ratio.size
+        pc_cols = {f"pc{i + 1}": f"PC{i + 1}" for i in range(k)}
+        meta = {"Drug": drug, "NumberOfSubjects": matrix.shape[0], "NumberOfShuffles": params.n_shuffles,
+                "NumberOfSignificantComponents": result.n_significant}
+        written.append(writer.write_table(
+            tables["stats"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="stats", sources=sources,
+            parameters=record, metadata=meta,
+            description="PCA of the subjects x parcels delta-GBC matrix (parcels centred across subjects, no "
+                        "scaling) and its within-subject shuffle null (Moujaes, Ji et al. 2024)",
+            columns={"component": "principal component (1 = largest variance)",
+                     "eigenvalue": {"Description": "variance along the PC (divisor n - 1)", "Units": "Fisher z^2"},
+                     "explained_variance_ratio": "fraction of the total variance explained by this PC",
+                     "cumulative_explained_variance_ratio": "fraction explained by this and all larger PCs",
+                     "null_mean": "mean explained-variance ratio at this rank over the shuffles",
+                     "null_threshold": f"{params.significance_percentile:g}th percentile of the shuffled "
+                                       "explained-variance ratios at this rank",
+                     "p_value": "(1 + #{shuffled ratio >= observed}) / (1 + number of shuffles) at this rank",
+                     "exceeds_null": "observed ratio > null_threshold at this rank",
+                     "significant": "counted as significant: exceeds_null for this and every larger PC "
+                                    "(consecutive from PC1)"}))
+        written.append(writer.write_table(
+            tables["components"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="components",
+            sources=sources, parameters=record, metadata=meta,
+            description="PC maps, each z-scored across parcels; sign chosen so the largest-magnitude parcel is "
+                        "positive (PC signs are arbitrary)",
+            columns={**{c: PARCEL_COLUMNS[c] for c in ("parcel", "hemisphere", "structure")
+                        if c in tables["components"]},
+                     **{c: f"{v} map, z-scored across parcels" for c, v in pc_cols.items()}}))
+        written.append(writer.write_table(
+            tables["scores"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="scores", sources=sources,
+            parameters=record, metadata=meta,
+            columns={"participant_id": "subject label (without sub-)",
+                     **{c: f"Pearson r between the subject's delta-GBC map and the {v} map" for c, v in
+                        pc_cols.items()}}))
+        written.append(writer.write_table(
+            tables["null"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="null", sources=sources,
+            parameters=record, metadata=meta,
+            columns={"shuffle": "shuffle number",
+                     **{c: f"explained-variance ratio of {v} after shuffling every subject's parcel values"
+                        for c, v in pc_cols.items()}}))
+        written.append(writer.write_table(
+            tables["mean"], entities={**ent_base, "desc": f"{drug}mean"}, suffix="gbc", sources=sources,
+            parameters=record, metadata=meta,
+            columns={**{c: PARCEL_COLUMNS[c] for c in ("parcel", "hemisphere", "structure") if c in tables["mean"]},
+                     "mean_delta_gbc": {"Description": f"mean over subjects of GBC({drug}) - GBC(placebo)",
+                                        "Units": "Fisher z"},
+                     "sd_delta_gbc": {"Description": "standard deviation over subjects", "Units": "Fisher z"},
+                     "n_subjects": "subjects averaged"}))
+        written.append(writer.write_figure(scree_figure(result, drug), entities={**ent_base, "desc": f"{drug}scree"},
+                                           suffix="pca"))
+        if atlas_matches:
+            n_maps = min(k, max(params.n_map_components, result.n_significant))
+            for i in range(n_maps):
+                written.append(writer.write_nifti(
+                    _image(atlas, parcel_order, result.maps_z[i]),
+                    entities={**ent_base, "stat": "z", "desc": f"{drug}pc{i + 1}"}, suffix="statmap",
+                    sources=sources, parameters=record,
+                    metadata={**meta, "Component": i + 1, "Description": f"PC{i + 1} map of {drug} delta-GBC, "
+                              "z-scored across parcels (0 outside the atlas)"}))
+            written.append(writer.write_nifti(
+                _image(atlas, parcel_order, result.mean_map), entities={**ent_base, "stat": "mean",
+                                                                        "desc": f"{drug}deltagbc"},
+                suffix="statmap", sources=sources, parameters=record,
+                metadata={**meta, "Description": f"mean {drug}-minus-placebo GBC (Fisher z)"}))
+        summary["drugs"][drug] = {
+            "n_subjects": int(matrix.shape[0]), "n_significant_components": result.n_significant,
+            "explained_variance_ratio": [float(v) for v in result.explained_variance_ratio[:10]],
+        }
+
+    # ---- dimensionality across drugs
+    comparison = dim.compare_dimensionality({d: matrices[d].to_numpy() for d in drugs},
+                                            subsample_size=params.dimensionality_subsample_size,
+                                            n_subsamples=params.dimensionality_n_subsamples,
+                                            seed=_seed_for(seed, "dimensionality"))
+    dim_meta = {"SubsampleSize": comparison.subsample_size, "NumberOfSubsamples": comparison.n_subsamples,
+                "Caveat": "subsample PRs reuse the same subjects, so ANOVA and t-test p-values shrink as the "
+                          "number of subsamples grows; read them with the effect sizes"}
+    all_sources = [m.path for d in drugs for m in by_drug[d]]
+    written.append(writer.write_table(
+        comparison.per_drug, entities={"desc": "dimensionality"}, suffix="stats", sources=all_sources,
+        parameters=record, metadata=dim_meta,
+        description="participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues of each drug's delta "
+                    "maps, on random equal-size subsamples of subjects",
+        columns={"drug": "drug", "n_subjects": "subjects with a map", "subsample_size": "subjects per subsample",
+                 "n_subsamples": "random subsamples", "pr_all_subjects": "participation ratio of all subjects",
+                 "pr_mean": "mean participation ratio over subsamples", "pr_sd": "SD over subsamples",
+                 "pr_q025": "2.5th percentile over subsamples", "pr_q975": "97.5th percentile over subsamples"}))
+    if len(drugs) >= 2:
+        written.append(writer.write_table(
+            comparison.anova, entities={"desc": "dimensionalityanova"}, suffix="stats", sources=all_sources,
+            parameters=record, metadata=dim_meta,
+            columns={"n_drugs": "drugs compared", "df_between": "degrees of freedom between drugs",
+                     "df_within": "degrees of freedom within drugs", "f": "one-way ANOVA F over subsample PRs",
+                     "p": "ANOVA p-value"}))
+        written.append(writer.write_table(
+            comparison.pairwise, entities={"desc": "dimensionalitypairwise"}, suffix="stats", sources=all_sources,
+            parameters=record, metadata=dim_meta,
+            columns={"drug_a": "first drug", "drug_b": "second drug",
+                     "mean_difference": "mean PR of drug_a minus mean PR of drug_b",
+                     "cohens_d": "mean difference over the pooled SD of subsample PRs",
+                     "fraction_a_greater": "fraction of (subsample a, subsample b) pairs with PR_a > PR_b",
+                     "t": "Student t over subsample PRs", "df": "degrees of freedom", "p": "two-sided p",
+                     "p_bonferroni": "p times the number of drug pairs, capped at 1"}))
+    summary["dimensionality"] = comparison.per_drug.to_dict(orient="records")
+
+    # ---- genes
+    if params.gene_table is not None or params.ahba_dir is not None:
+        if not atlas_matches:
+            raise BadDataError("gene analysis needs parcel centroids, but the maps' parcels are not the atlas's",
+                               path=output_dir, fix="configure the atlas the maps were computed with "
+                                                    "(connectivity.participant.atlas_nifti / atlas_labels)")
+        written += _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jobs, record,
+                              summary, writer)
+
+    # ---- null calibration
+    if params.null_calibration_pairs > 0:
+        if not atlas_matches:
+            raise BadDataError("null calibration needs parcel centroids from the atlas", path=output_dir,
+                               fix="configure the atlas the maps were computed with")
+        written.append(write_null_calibration(params, atlas, writer, seed=seed, n_jobs=n_jobs, record=record))
+    written.append(writer.write_json(summary, entities={"desc": "connectivity"}, suffix="summary"))
+    return written
+
+
+def _gene_parcels(atlas, parcel_order: list[str], structures: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    labels = atlas.labels.set_index("name")
+    chosen = [p for p in parcel_order if labels.loc[p, "structure"] in structures]
+    xyz = atlas.centroids_mm().loc[chosen].to_numpy()
+    return chosen, xyz, labels.loc[chosen, "hemisphere"].astype(str).tolist()
+
+
+def _surrogate_settings(params: ConnectivityParams) -> gn.SurrogateSettings:
+    return gn.SurrogateSettings(deltas=tuple(params.surrogate_deltas), kernel=params.surrogate_kernel,
+                                pv=params.surrogate_pv, nh=params.surrogate_nh, resample=params.surrogate_resample,
+                                per_hemisphere=params.surrogate_per_hemisphere)
+
+
+def _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jobs, record, summary,
+               writer) -> list[Path]:
+    if params.gene_table is not None:
+        expression = gn.read_gene_table(params.gene_table)
+        gene_source = [params.gene_table]
+    else:
+        expression = gn.expression_from_abagen(params.ahba_dir, atlas.image, atlas.labels)
+        gene_source = [params.ahba_dir]
+    if params.genes is not None:
+        absent = [g for g in params.genes if g not in expression.columns]
+        if absent:
+            raise MissingInputError(f"gene(s) {', '.join(absent[:5])} not in the gene table", path=gene_source[0],
+                                    fix="correct connectivity.genes or give a table with those genes")
+        expression = expression[params.genes]
+    chosen, xyz, hemis = _gene_parcels(atlas, parcel_order, list(params.gene_structures))
+    absent_parcels = [p for p in chosen if p not in expression.index]
+    if absent_parcels:
+        raise BadDataError(f"gene table lacks parcel(s) {absent_parcels[:3]} ({len(absent_parcels)})",
+                           path=gene_source[0], fix="give a row (n/a allowed) for every parcel of the atlas")
+    if len(chosen) < 10:
+        raise BadDataError(f"only {len(chosen)} parcels of structures {params.gene_structures} for the gene test",
+                           fix="include more structures (gene_structures) or use a finer atlas")
+    distance = gn.distance_matrix(xyz)
+    settings = _surrogate_settings(params)
+    written = []
+    for drug in drugs:
+        result = results[drug]
+        pos = [result.parcels.index(p) for p in chosen]
+        for comp in params.gene_components:
+            if comp > result.maps_z.shape[0]:
+                raise UsageError(f"gene_components asks for PC{comp}, but {drug} has {result.maps_z.shape[0]} PCs",
+                                 fix="lower connectivity.gene_components")
+            brain_map = pd.Series(result.maps_z[comp - 1][pos], index=chosen)
+            surrogates = gn.cached_surrogates(brain_map.to_numpy(), distance, n_surrogates=params.n_surrogates,
+                                              seed=_seed_for(seed, "surrogates", drug, str(comp)),
+                                              cache_dir=work_dir / "surrogates", hemispheres=hemis,
+                                              settings=settings, n_jobs=n_jobs)
+            table = gn.gene_correlations(brain_map, expression, surrogates, n_naive=params.n_naive_shuffles,
+                                         seed=_seed_for(seed, "naive", drug, str(comp)))
+            table["significant_fdr"] = table["q_spatial"] < params.fdr_alpha
+            written.append(writer.write_table(
+                table, entities={"atlas": atlas.name, "desc": f"{drug}pc{comp}genes"}, suffix="stats",
+                sources=gene_source, parameters=record,
+                metadata={"Drug": drug, "Component": comp, "Structures": list(params.gene_structures),
+                          "NumberOfParcels": len(chosen), "SurrogatesPerHemisphere": len(set(hemis)) > 1
+                          and params.surrogate_per_hemisphere},
+                description=f"Pearson r between the z-scored PC{comp} map of {drug} and gene expression across "
+                            "parcels, with spatial-autocorrelation surrogates (brainsmash) and a naive shuffle",
+                columns={"gene": "gene symbol (gene table column)", "n_parcels": "parcels with expression values",
+                         "r": "Pearson r across parcels",
+                         "p_spatial": "(1 + #{|r_surrogate| >= |r|}) / (1 + n_surrogates)",
+                         "q_spatial": "Benjamini-Hochberg FDR q of p_spatial across genes",
+                         "p_naive": "same with parcel-shuffled maps (ignores spatial autocorrelation; "
+                                    "anti-conservative for smooth maps)",
+                         "q_naive": "Benjamini-Hochberg FDR q of p_naive across genes",
+                         "n_surrogates": "spatial surrogates", "n_naive": "naive shuffles",
+                         "significant_fdr": f"q_spatial < {params.fdr_alpha:g}"}))
+            summary.setdefault("genes", {})[f"{drug}_pc{comp}"] = json.loads(
+                table[["gene", "r", "p_spatial", "q_spatial"]].head(20).to_json(orient="records"))
+    return written
+
+
+def write_null_calibration(params: ConnectivityParams, atlas, writer, *, seed: int, n_jobs: int = 1,
+                           record: dict | None = None) -> Path:
+    """Measure and write both nulls' false-positive rates on unrelated smooth maps over the gene parcels."""
+    chosen, xyz, hemis = _gene_parcels(atlas, list(atlas.names), list(params.gene_structures))
+    result = gn.null_calibration(xyz, hemispheres=hemis, n_pairs=params.null_calibration_pairs,
+                                 n_null=params.null_calibration_n_null,
+                                 length_mm=params.null_calibration_length_mm, seed=_seed_for(seed, "calibration"),
+                                 settings=_surrogate_settings(params),
+                                 both_hemisphere_modes=params.null_calibration_both_modes, n_jobs=n_jobs)
+    return writer.write_table(
+        result.table, entities={"atlas": atlas.name, "desc": "nullcalibration"}, suffix="stats",
+        parameters=record or _params_record(params),
+        description="false-positive rate of the spatial-surrogate test and of a naive parcel shuffle on pairs of "
+                    "unrelated smooth random maps on the atlas parcels (a calibrated test rejects at rate alpha)",
+        columns={"method": {"Description": "null model", "Levels": {
+                     "surrogates_per_hemisphere": "variogram-matched surrogates (brainsmash), each hemisphere alone",
+                     "surrogates_whole_brain": "variogram-matched surrogates (brainsmash) over all parcels at once",
+                     "naive_parcel_shuffle": "random permutation of parcels"}},
+                 "configured": "the surrogate mode the gene tests of this run use",
+                 "n_pairs": "unrelated map pairs tested", "n_null": "surrogates or shuffles per pair",
+                 "length_scale_mm": {"Description": "Gaussian length scale of the random maps", "Units": "mm"},
+                 "n_parcels": "parcels in the maps", "alpha": "significance level",
+                 "n_false_positive": "pairs with p < alpha", "false_positive_rate": "n_false_positive / n_pairs",
+                 "ci_low": "Clopper-Pearson 95 % lower bound", "ci_high": "Clopper-Pearson 95 % upper bound"})

@@ -1,0 +1,272 @@
+"""Group level of the spectroscopy analysis: Glx/tNAA time courses and the pretreatment x time mixed model.
+
+The model follows Jelen et al. (2025): blocks over time nested in sessions in subjects; fixed effects time
+(minutes since infusion onset), pretreatment (naltrexone = 1, placebo = 0), sex (male = +0.5, female = -0.5) with
+all their interactions up to sex x pretreatment x time, and crossover period; a random intercept per subject and a
+variance component per session within subject (statsmodels MixedLM, REML). Wald tests use t with the residual
+degrees of freedom (observations minus fixed effects). MADRS: score ~ pretreatment x time (0 = before, 1 = 24 h)
++ period with a random intercept per subject, from the ``sessions`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bids_ketamine.errors import MissingInputError
+
+LOG = logging.getLogger(__name__)
+
+STATS_COLUMNS = {
+    "outcome": "Modelled outcome (e.g. Glx/tNAA, or MADRS).",
+    "term": "Fixed-effect term: time, pretreatment, sex, their products (x), period.",
+    "estimate": "Coefficient (outcome units per unit of the term; time in minutes for fMRS, 0/1 for MADRS).",
+    "se": "Standard error of the coefficient.",
+    "ci_low": "Lower bound of the 95 % confidence interval (t quantile, residual df).",
+    "ci_high": "Upper bound of the 95 % confidence interval.",
+    "statistic": "Wald t statistic (estimate / se).",
+    "df": "Residual degrees of freedom (observations minus fixed effects).",
+    "p": "Two-sided p-value of the t statistic.",
+    "n_obs": "Observations in the model.",
+    "n_subjects": "Subjects in the model.",
+    "formula": "Fixed-effect formula actually fitted (simpler when the full design is not identifiable).",
+}
+TERM_NAMES = {"time": "time", "nal": "pretreatment", "sex_c": "sex", "nal:time": "pretreatment_x_time",
+              "time:nal": "pretreatment_x_time", "sex_c:time": "sex_x_time", "time:sex_c": "sex_x_time",
+              "nal:sex_c": "sex_x_pretreatment", "sex_c:nal": "sex_x_pretreatment",
+              "nal:sex_c:time": "sex_x_pretreatment_x_time", "time:nal:sex_c": "sex_x_pretreatment_x_time",
+              "time:sex_c:nal": "sex_x_pretreatment_x_time", "Intercept": "intercept"}
+
+
+def read_fit_tables(output_dir: Path) -> pd.DataFrame:
+    """All participant-level ``_mrsfit.tsv`` tables under ``output_dir``, stacked."""
+    paths = sorted(Path(output_dir).glob("sub-*/**/*_mrsfit.tsv"))
+    if not paths:
+        raise MissingInputError("no participant-level spectroscopy tables (*_mrsfit.tsv)", path=output_dir,
+                                fix="run the participant level with the spectroscopy analysis first")
+    frames = [pd.read_csv(p, sep="\t", na_values=["n/a"], dtype={"participant_id": str, "session_id": str})
+              for p in paths]
+    return pd.concat(frames, ignore_index=True)
+
+
+def ratio_long(fits: pd.DataFrame, numerator: str, denominator: str = "tNAA") -> pd.DataFrame:
+    """One row per subject x session x block with ``value`` = numerator / denominator."""
+    num = fits[fits["metabolite"] == numerator].set_index(["participant_id", "session_id", "block"])
+    den = fits[fits["metabolite"] == denominator].set_index(["participant_id", "session_id", "block"])
+    if num.empty or den.empty:
+        return pd.DataFrame()
+    out = num[["block_time_min", "pretreatment"]].copy()
+    out["value"] = num["concentration"] / den["concentration"].reindex(num.index)
+    out["qc_pass"] = num["qc_pass"].astype(bool) & den["qc_pass"].reindex(num.index).astype(bool)
+    return out.reset_index()
+
+
+def model_frame(long: pd.DataFrame, participants: pd.DataFrame, sessions: pd.DataFrame | None) -> pd.DataFrame:
+    """Add sex (+/-0.5), pretreatment (0/1) and period to the long table."""
+    df = long.copy()
+    sex = participants.set_index("participant_id")["sex"] if "sex" in participants else pd.Series(dtype=object)
+    df["sex_c"] = df["participant_id"].map(sex).map({"M": 0.5, "F": -0.5})
+    if sessions is not None and not sessions.empty:
+        ses = sessions.set_index(["participant_id", "session_id"])
+        key = pd.MultiIndex.from_frame(df[["participant_id", "session_id"]])
+        if "pretreatment" in ses:
+            pre = ses["pretreatment"].reindex(key).to_numpy()
+            df["pretreatment"] = np.where(pd.isna(pre), df.get("pretreatment"), pre)
+        if "period" in ses:
+            df["period"] = ses["period"].reindex(key).to_numpy()
+    df["nal"] = (df["pretreatment"].astype(str).str.lower() == "naltrexone").astype(float)
+    df.loc[df["pretreatment"].isna(), "nal"] = np.nan
+    return df
+
+
+def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", session_vc: bool = True
+                    ) -> pd.DataFrame:
+    """MixedLM of ``value`` on time x pretreatment x sex (+ period); a coefficient table with CIs and p."""
+    import statsmodels.formula.api as smf
+
+    df = df.dropna(subset=["value", time_col]).copy()
+    df = df.rename(columns={time_col: "time"})
+    terms = ["time"]
+    usable_nal = "nal" in df and df["nal"].notna().all() and df["nal"].nunique() > 1
+    usable_sex = "sex_c" in df and df["sex_c"].notna().all() and df["sex_c"].nunique() > 1
+    if usable_nal and usable_sex:
+        rhs = "time * nal * sex_c"
+    elif usable_nal:
+        rhs = "time * nal"
+    elif usable_sex:
+        rhs = "time * sex_c"
+    else:
+        rhs = " + ".join(terms)
+    candidates = [rhs]
+    if rhs == "time * nal * sex_c":  # simpler nested models when the three-way design is not identifiable
+        candidates += ["time * nal + sex_c", "time * nal"]
+    if "period" in df and df["period"].notna().all() and df["period"].nunique() > 1:
+        candidates.insert(0, rhs + " + C(period)")
+    rhs = _first_full_rank(df, candidates, outcome)
+    vc = {"session": "0 + C(session_id)"} if session_vc and df["session_id"].notna().all() else None
+    model = smf.mixedlm(f"value ~ {rhs}", df, groups=df["participant_id"], vc_formula=vc)
+    res = None
+    for method in ("lbfgs", "powell", "nm", "cg"):  # optimisers differ in where they step; keep the first that fits
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = model.fit(reml=True, method=method)
+        except (np.linalg.LinAlgError, ValueError):
+            continue
+        if np.all(np.isfinite(res.bse_fe)):
+            break
+    if res is None:
+        raise np.linalg.LinAlgError(f"no optimiser could fit the mixed model of {outcome}")
+    n_fixed = len(res.fe_params)
+    dof = max(len(df) - n_fixed, 1)
+    se = res.bse_fe
+    tq = stats.t.ppf(0.975, dof)
+    rows = []
+    for term, est in res.fe_params.items():
+        s = float(se[term])
+        tval = est / s if s > 0 else np.nan
+        name = TERM_NAMES.get(term, term.replace("C(period)[T.", "period_").rstrip("]"))
+        rows.append({"outcome": outcome, "term": name, "estimate": est, "se": s, "ci_low": est - tq * s,
+                     "ci_high": est + tq * s, "statistic": tval, "df": dof,
+                     "p": 2 * stats.t.sf(abs(tval), dof) if np.isfinite(tval) else np.nan,
+                     "n_obs": len(df), "n_subjects": df["participant_id"].nunique(), "formula": f"value ~ {rhs}"})
+    return pd.DataFrame(rows)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _first_full_rank(df: pd.DataFrame, candidates: list[str], outcome: str) -> str:
+    """The first right-hand side whose fixed-effect design has full column rank (a confounded period is dropped)."""
+    from patsy import dmatrix
+
+    for rhs in candidates:
+        x = np.asarray(dmatrix(rhs, df))
+        if np.linalg.matrix_rank(x) == x.shape[1]:
+            if rhs != candidates[0] and (candidates[0], rhs) not in _WARNED:
+                _WARNED.add((candidates[0], rhs))  # once per design, not once per metabolite
+                LOG.warning("spectroscopy group: %s: '%s' is not identifiable (crossover period confounded with "
+                            "sex x pretreatment?); fitted '%s' instead", outcome, candidates[0], rhs)
+            return rhs
+    raise ValueError(f"no identifiable fixed-effect design among {candidates}")
+
+
+def madrs_long(sessions: pd.DataFrame) -> pd.DataFrame:
+    """MADRS before (time 0) and 24 h after (time 1) each session, long format."""
+    cols = {"madrs_baseline": 0.0, "madrs_24h": 1.0}
+    if sessions is None or sessions.empty or not all(c in sessions for c in cols):
+        return pd.DataFrame()
+    parts = []
+    for col, tval in cols.items():
+        part = sessions[["participant_id", "session_id", "pretreatment", *(["period"] if "period" in sessions
+                                                                          else [])]].copy()
+        part["value"] = sessions[col].astype(float)
+        part["time"] = tval
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True).dropna(subset=["value"])
+
+
+def time_course(df: pd.DataFrame, outcome: str) -> pd.DataFrame:
+    """Mean, SEM and n of the outcome per pretreatment, sex and block."""
+    d = df.copy()
+    d["sex"] = d["sex_c"].map({0.5: "M", -0.5: "F"})
+    g = d.groupby(["pretreatment", "sex", "block"], dropna=False)
+    out = g.agg(time_min=("block_time_min", "mean"), mean=("value", "mean"), sem=("value", "sem"),
+                n=("value", "size")).reset_index()
+    out.insert(0, "outcome", outcome)
+    return out
+
+
+def time_course_figure(tc: pd.DataFrame, outcome: str):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sexes = [s for s in ("F", "M") if s in set(tc["sex"].dropna())] or [None]
+    fig, axes = plt.subplots(1, len(sexes) + 1, figsize=(4 * (len(sexes) + 1), 3.2), sharey=True, squeeze=False)
+    panels = [("all", tc)] + [(f"sex {s}", tc[tc["sex"] == s]) for s in sexes if s is not None]
+    for ax, (title, part) in zip(axes[0], panels):
+        for pre, sub in part.groupby("pretreatment"):
+            agg = sub.groupby("block").apply(
+                lambda x: pd.Series({"t": np.average(x["time_min"], weights=x["n"]),
+                                     "m": np.average(x["mean"], weights=x["n"]),
+                                     "s": np.sqrt(np.nansum((x["sem"] * x["n"]) ** 2)) / x["n"].sum()}),
+                include_groups=False)
+            ax.errorbar(agg["t"], agg["m"], yerr=agg["s"], marker="o", capsize=2, label=str(pre))
+        ax.axvline(0, color="0.5", ls="--", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("minutes from infusion onset")
+    axes[0, 0].set_ylabel(outcome)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.DataFrame, params, design, writer,
+              work_dir: Path, seed: int, n_jobs: int = 1) -> list[Path]:
+    """Fit the mixed models for Glx/tNAA and every metabolite / tNAA, and MADRS; write tables and figures."""
+    fits = read_fit_tables(output_dir)
+    outputs: list[Path] = []
+    metabolites = params.group_metabolites
+    if metabolites is None:
+        present = [m for m in fits["metabolite"].unique() if m not in ("tNAA",)]
+        metabolites = ("Glx", *sorted(m for m in present if m != "Glx"))
+    coef_tables, courses = [], []
+    for met in metabolites:
+        long = ratio_long(fits, met, "tNAA")
+        if long.empty:
+            continue
+        frame = model_frame(long, participants, sessions)
+        outcome = f"{met}/tNAA"
+        courses.append(time_course(frame, outcome))
+        in_model = frame[(frame["block_time_min"] >= params.model_from_minute) & frame["qc_pass"]]
+        if in_model["block_time_min"].nunique() < 2 or in_model["participant_id"].nunique() < 2:
+            LOG.warning("spectroscopy group: %s has too few blocks or subjects for the time model", outcome)
+            continue
+        try:
+            coef_tables.append(fit_mixed_model(in_model, outcome, time_col="block_time_min"))
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            LOG.warning("spectroscopy group: the mixed model of %s failed (%s)", outcome, exc)
+    sources = sorted(Path(output_dir).glob("sub-*/**/*_mrsfit.tsv"))
+    model_doc = ("MixedLM (REML): value ~ time * pretreatment * sex + period, random intercept per subject and "
+                 "variance component per session; time = minutes since infusion onset (block mean), pretreatment "
+                 "naltrexone = 1 / placebo = 0, sex male = +0.5 / female = -0.5.")
+    if coef_tables:
+        outputs.append(writer.write_table(pd.concat(coef_tables, ignore_index=True),
+                                          entities={"desc": "fmrslmm"}, suffix="stats", columns=STATS_COLUMNS,
+                                          sources=sources, datatype="spectroscopy", description=model_doc,
+                                          parameters=params.model_dump(mode="json")))
+    if courses:
+        tc = pd.concat(courses, ignore_index=True)
+        tc_cols = {"outcome": STATS_COLUMNS["outcome"], "pretreatment": "Pretreatment of the session.",
+                   "sex": "Sex (F/M).", "block": "Block number (0 = first block from the infusion onset).",
+                   "time_min": {"Description": "Mean block time from the infusion onset.", "Units": "min"},
+                   "mean": "Mean of the outcome over subjects.", "sem": "Standard error of that mean.",
+                   "n": "Number of subject-sessions."}
+        outputs.append(writer.write_table(tc, entities={"desc": "fmrstimecourse"}, suffix="stats", columns=tc_cols,
+                                          sources=sources, datatype="spectroscopy",
+                                          description="Group time courses of each ratio by pretreatment and sex."))
+        if params.figures:
+            first = tc[tc["outcome"] == tc["outcome"].iloc[0]]
+            outputs.append(writer.write_figure(time_course_figure(first, first["outcome"].iloc[0]),
+                                               entities={"desc": "glxtimecourse"}, suffix="mrs"))
+    mad = madrs_long(sessions)
+    if not mad.empty and mad["participant_id"].nunique() > 1:
+        frame = model_frame(mad.assign(block_time_min=mad["time"]), participants, sessions)
+        frame = frame.drop(columns=["sex_c"])  # the MADRS model of the paper has no sex terms
+        try:
+            table = fit_mixed_model(frame, "MADRS", time_col="time", session_vc=False)
+            outputs.append(writer.write_table(
+                table, entities={"desc": "madrslmm"}, suffix="stats", columns=STATS_COLUMNS,
+                datatype="spectroscopy",
+                description="MixedLM: MADRS ~ time (0 = before, 1 = 24 h) * pretreatment + period, random intercept "
+                            "per subject; pretreatment_x_time = extra change of the score after naltrexone."))
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            LOG.warning("spectroscopy group: the MADRS model failed (%s)", exc)
+    return outputs

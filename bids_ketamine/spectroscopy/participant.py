@@ -1,0 +1,269 @@
+"""Participant level of the spectroscopy analysis: raw NIfTI-MRS -> preprocessed (block) spectra -> fit tables.
+
+Thin wiring of the science modules (:mod:`.nifti_io`, :mod:`.preprocess`, :mod:`.simulate`, :mod:`.fit`); each
+acquisition gives one ``_mrsfit.tsv`` (one row per block x metabolite, with CRLB, ratios and QC) and one figure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.errors import BadDataError
+from bids_ketamine.inputs import MrsAcquisition, ParticipantInputs
+from bids_ketamine.spectroscopy.nifti_io import MrsData, check_reference_matches, read_nifti_mrs
+from bids_ketamine.spectroscopy.params import SpectroscopyParams
+
+LOG = logging.getLogger(__name__)
+
+TABLE_COLUMNS = {
+    "participant_id": "Participant label (without sub-).",
+    "session_id": "Session label (without ses-), n/a when the dataset has no sessions.",
+    "pretreatment": "Pretreatment of the session from sessions.tsv (placebo, naltrexone), when known.",
+    "block": "fMRS block number (0 = first block at or after the infusion onset; negative = before); 0 when the "
+             "acquisition is averaged as a whole.",
+    "block_start_min": {"Description": "Block start relative to the infusion onset.", "Units": "min"},
+    "block_time_min": {"Description": "Mean acquisition time of the block's transients relative to the infusion "
+                       "onset (the time of the group model).", "Units": "min"},
+    "n_transients": "Transients averaged into this spectrum (after rejection).",
+    "metabolite": "Basis component or sum (tCr, tNAA, tCho, Glx...).",
+    "concentration": {"Description": "Fitted amplitude in basis units (mM-equivalent when the basis FIDs carry "
+                      "one unit per proton at unit concentration); not water scaled.", "Units": "arbitrary"},
+    "crlb": "Cramer-Rao lower bound (SD) of the concentration, same units.",
+    "crlb_percent": {"Description": "CRLB as a percentage of the concentration.", "Units": "%"},
+    "ratio_tCr": "Concentration divided by total creatine (Cr + PCr).",
+    "ratio_tNAA": "Concentration divided by total NAA (NAA + NAAG).",
+    "molal_mM": {"Description": "Water-scaled concentration per kg tissue water (Near et al. 2021 consensus: "
+                 "tissue-fraction and relaxation corrected); n/a without a water reference.", "Units": "mmol/kg"},
+    "molal_crlb_mM": {"Description": "CRLB of molal_mM.", "Units": "mmol/kg"},
+    "molar_mM": {"Description": "Water-scaled concentration per litre of voxel; n/a without a water reference.",
+                 "Units": "mmol/l"},
+    "molar_crlb_mM": {"Description": "CRLB of molar_mM.", "Units": "mmol/l"},
+    "snr": "Signal-to-noise ratio of the spectrum (NAA peak height / noise SD).",
+    "fwhm_hz": {"Description": "Linewidth (FWHM) of the fitted singlets.", "Units": "Hz"},
+    "qc_pass": "True when the CRLB % is finite and below max_crlb_percent.",
+}
+
+
+def plan(inputs: ParticipantInputs, params: SpectroscopyParams) -> tuple[bool, str]:
+    """Will the analysis run for this participant, and on what (or what is missing)."""
+    if not inputs.mrs:
+        return False, "no mrs/ *_svs.nii[.gz] acquisition found"
+    parts = []
+    for acq in inputs.mrs:
+        refs = ", ".join(sorted(acq.references)) or "no reference (no eddy-current correction or water weights)"
+        timing = "fMRS blocks from events.tsv" if (acq.events and params.blocks) else "one average"
+        parts.append(f"{acq.svs.name} [{refs}; {timing}]")
+    return True, "; ".join(parts)
+
+
+def load_basis(params: SpectroscopyParams, data: MrsData):
+    """Basis set for an acquisition: simulated for its field, TE and sequence, or read from the user's file."""
+    from bids_ketamine.spectroscopy import basis_io
+    from bids_ketamine.spectroscopy.simulate import simulate_basis
+
+    bp = params.basis
+    if bp.source == "lcmodel":
+        if bp.path is None:
+            raise BadDataError("basis.source is 'lcmodel' but basis.path is not set", fix="set spectroscopy.basis.path")
+        return basis_io.read_lcmodel_basis(bp.path)
+    if bp.source == "fid_folder":
+        if bp.path is None:
+            raise BadDataError("basis.source is 'fid_folder' but basis.path is not set",
+                               fix="set spectroscopy.basis.path")
+        return basis_io.read_fid_folder(bp.path, dwell_time=data.dwell_time,
+                                        central_frequency=data.spectrometer_frequency)
+    if data.echo_time is None:
+        raise BadDataError("EchoTime is missing: the basis cannot be simulated", path=data.path,
+                           fix="add EchoTime (s) to the JSON sidecar or give a basis set (spectroscopy.basis)")
+    sequence = bp.sequence
+    if sequence == "auto":
+        declared = str(data.metadata.get("PulseSequenceType", "PRESS")).upper().replace("-", "")
+        sequence = {"STEAM": "STEAM", "SLASER": "sLASER", "SEMILASER": "sLASER", "LASER": "sLASER"}.get(declared,
+                                                                                                          "PRESS")
+    tm = bp.mixing_time if bp.mixing_time is not None else data.metadata.get("MixingTime")
+    return simulate_basis(spectrometer_frequency=data.spectrometer_frequency, echo_time=data.echo_time,
+                          sequence=sequence, mixing_time=None if tm is None else float(tm),
+                          dwell_time=data.dwell_time, n_points=data.n_points, macromolecules=bp.macromolecules)
+
+
+def preprocess_acquisition(acq: MrsAcquisition, params: SpectroscopyParams, design=None):
+    """Read and preprocess one acquisition; returns (data, preprocessed, list of (block, start, time, fid, n))."""
+    from bids_ketamine.spectroscopy import preprocess as pp
+
+    data = read_nifti_mrs(acq.svs)
+    refs = {}
+    for role, path in acq.references.items():
+        ref = read_nifti_mrs(path)
+        check_reference_matches(data, ref)
+        refs[role] = ref
+    water = refs.get("water")
+    ecc = refs.get("ecc")
+    pparams = params.preprocess
+    conj = {"auto": None, "yes": True, "no": False}[pparams.conjugate]
+    pre = pp.preprocess_svs(
+        data.fid, dwell_time=data.dwell_time, spectrometer_frequency=data.spectrometer_frequency,
+        water=None if water is None else water.fid,
+        ecc=None if (ecc is None or not pparams.eddy_current_correction) else ecc.fid,
+        ppm_range=pparams.align_ppm_range, align=pparams.align, reject=pparams.reject,
+        reject_threshold=pparams.reject_threshold, conjugate=conj)
+    water_for_scaling = pre.water
+    if "quant" in refs:  # a dedicated quantification reference, combined with the metabolite coil weights
+        q = np.conj(refs["quant"].fid) if pre.conjugated else refs["quant"].fid
+        water_for_scaling = pp.combine_coils(q, pre.coil_weights).mean(axis=0)
+    pre = replace(pre, water=water_for_scaling)
+    spectra = []
+    n_tr = pre.transients.shape[0]
+    if params.blocks and acq.events is not None and n_tr > 1:
+        if not data.repetition_time:
+            raise BadDataError("RepetitionTime is missing: fMRS blocks cannot be timed", path=data.path,
+                               fix="add RepetitionTime (s) to the JSON sidecar")
+        fm = design.fmrs if design is not None else None
+        trial = fm.infusion_trial_type if fm is not None else "infusion"
+        block_s = fm.block_seconds if fm is not None else 240.0
+        onset = pp.infusion_onset(acq.events, trial)
+        blocks = pp.fmrs_blocks(n_tr, data.repetition_time, onset, block_s)
+        avgs, counts = pp.block_averages(pre.transients, pre.keep, blocks)
+        acq_min = (np.arange(n_tr) * data.repetition_time - onset) / 60.0
+        for i, b in enumerate(blocks.labels):
+            spectra.append((int(b), float(blocks.start_minutes[i]), float(acq_min[blocks.index == b].mean()),
+                            avgs[i], int(counts[i])))
+    else:
+        spectra.append((0, float("nan"), float("nan"), pre.average, int(pre.keep.sum())))
+    return data, pre, spectra
+
+
+def fit_table(result, *, block: int, start: float, time_min: float, n: int, params: SpectroscopyParams,
+              water: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of the mrsfit table for one fitted spectrum (``water``: output of quantify.water_scaled)."""
+    tab = result.table()
+    wmap = water.set_index("metabolite") if water is not None else None
+    denominators = {}
+    for den in params.ratio_denominators:
+        try:
+            denominators[den] = result.concentration(den)
+        except KeyError:
+            denominators[den] = np.nan
+    rows = []
+    for _, r in tab.iterrows():
+        row = {"block": block, "block_start_min": start, "block_time_min": time_min, "n_transients": n,
+               "metabolite": r["metabolite"], "concentration": r["concentration"], "crlb": r["crlb"],
+               "crlb_percent": r["crlb_percent"]}
+        for den in ("tCr", "tNAA"):
+            d = denominators.get(den, np.nan)
+            row[f"ratio_{den}"] = r["concentration"] / d if d and np.isfinite(d) and d > 0 else np.nan
+        for col in ("molal_mM", "molal_crlb_mM", "molar_mM", "molar_crlb_mM"):
+            row[col] = float(wmap.loc[r["metabolite"], col]) if wmap is not None and r["metabolite"] in wmap.index \
+                else np.nan
+        row["snr"] = result.snr
+        row["fwhm_hz"] = result.fwhm_hz
+        row["qc_pass"] = bool(np.isfinite(r["crlb_percent"]) and r["crlb_percent"] < params.max_crlb_percent)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fit_figure(results: list, labels: list[str], title: str):
+    """Data, fit, baseline and residual (real parts) of each fitted spectrum, one panel per spectrum."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n), squeeze=False)
+    for ax, res, label in zip(axes[:, 0], results, labels):
+        ppm = res.ppm
+        offset = 1.1 * np.max(np.abs(res.data.real))
+        ax.plot(ppm, res.data.real, color="0.4", lw=0.7, label="data")
+        ax.plot(ppm, res.fit.real, color="tab:red", lw=0.9, label="fit")
+        ax.plot(ppm, res.baseline.real, color="tab:blue", lw=0.8, label="baseline")
+        ax.plot(ppm, res.residual.real + offset, color="0.2", lw=0.6, label="residual (offset)")
+        ax.set_xlim(ppm.max(), ppm.min())
+        ax.set_title(label, fontsize=8)
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("chemical shift (ppm)")
+    axes[0, 0].legend(fontsize=6, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=4, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def segmentation_fractions(inputs: ParticipantInputs, acq: MrsAcquisition):
+    """Tissue fractions of the voxel from T1w-space GM/WM/CSF probability maps, when discovery found them.
+
+    Uses ``inputs.anat.probseg_t1w`` (a mapping ``gm``/``wm``/``csf`` -> path, same scanner space as the MRS
+    data) when that field exists and is complete; otherwise None (the stated defaults are used, with a warning).
+    """
+    import nibabel as nib
+
+    from bids_ketamine.spectroscopy.nifti_io import tissue_fractions_in_voxel, voxel_affine
+    from bids_ketamine.spectroscopy.quantify import TissueFractions
+
+    maps = getattr(inputs.anat, "probseg_t1w", None)
+    if not maps or not all(k in maps for k in ("gm", "wm", "csf")):
+        return None
+    images = {k: nib.load(str(maps[k])) for k in ("gm", "wm", "csf")}
+    fractions = tissue_fractions_in_voxel(voxel_affine(acq.svs), {k: np.asanyarray(v.dataobj) for k, v in
+                                                                  images.items()},
+                                          images["gm"].affine, path=acq.svs)
+    return TissueFractions(**fractions, source="segmentation")
+
+
+def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, design, writer, work_dir: Path,
+                    seed: int, n_procs: int = 1) -> list[Path]:
+    """Preprocess and fit every acquisition of one participant; write tables and figures with ``writer``."""
+    from bids_ketamine.spectroscopy.fit import fit_spectrum
+
+    if not inputs.mrs:
+        raise BadDataError("no spectroscopy acquisition", fix="leave spectroscopy out for this participant")
+    outputs = []
+    for acq in inputs.mrs:
+        data, pre, spectra = preprocess_acquisition(acq, params, design)
+        basis = load_basis(params, data)
+        water_area, quant_meta = None, {}
+        if params.water_scaling and pre.water is not None and data.echo_time is not None:
+            from bids_ketamine.spectroscopy.quantify import fit_water_reference
+
+            wfit = fit_water_reference(pre.water, data.dwell_time)
+            water_area = wfit.area
+            fr = params.tissue_fractions or segmentation_fractions(inputs, acq)
+            quant_meta = {"WaterReferenceArea": water_area, "WaterLinewidthHz": wfit.lorentzian_hz,
+                          "TissueFractions": fr.model_dump() if fr is not None else "default (quantify.py)"}
+        tables, results, labels = [], [], []
+        for block, start, tmin, fid, n in spectra:
+            res = fit_spectrum(fid, data.dwell_time, data.spectrometer_frequency, basis, params.fit)
+            water = None
+            if water_area is not None:
+                from bids_ketamine.spectroscopy.quantify import DEFAULT_FRACTIONS, water_scaled
+
+                # the stated defaults are passed explicitly: one warning per acquisition (below), not per block
+                water = water_scaled(res, water_area, te=data.echo_time, tr=data.repetition_time,
+                                     fractions=fr or DEFAULT_FRACTIONS,
+                                     field_tesla=data.field_strength, params=params.quant)
+            results.append(res)
+            labels.append(f"block {block} ({tmin:+.1f} min)" if np.isfinite(tmin) else "average")
+            tables.append(fit_table(res, block=block, start=start, time_min=tmin, n=n, params=params, water=water))
+        if water_area is not None and fr is None:
+            msg = (f"{acq.svs.name}: no tissue segmentation for the voxel; water scaling uses the default "
+                   "fractions of spectroscopy.quantify (set spectroscopy.tissue_fractions)")
+            LOG.warning(msg)
+        table = pd.concat(tables, ignore_index=True)
+        table.insert(0, "pretreatment", acq.pretreatment if acq.pretreatment else np.nan)
+        table.insert(0, "session_id", acq.session if acq.session else np.nan)
+        table.insert(0, "participant_id", inputs.subject)
+        entities = {"sub": inputs.subject, "ses": acq.session, "task": acq.task, "acq": acq.acq, "run": acq.run}
+        sources = [acq.svs, *acq.references.values(), *([acq.events] if acq.events else [])]
+        meta = {"CoilCombination": "weighted SVD", "Conjugated": pre.conjugated,
+                "TransientsRejected": int((~pre.keep).sum()), "Basis": dict(basis.metadata),
+                "BasisComponents": list(basis.names), **quant_meta}
+        outputs.append(writer.write_table(
+            table, entities=entities, suffix="mrsfit", columns=TABLE_COLUMNS, sources=sources, datatype="mrs",
+            description="Linear-combination fit of each (block-)averaged spectrum.",
+            parameters=params.model_dump(mode="json"), metadata=meta))
+        if params.figures:
+            fig = fit_figure(results, labels, acq.svs.name)
+            outputs.append(writer.write_figure(fig, entities={**entities, "desc": "fit"}, suffix="mrs"))
+    return outputs

@@ -1,0 +1,196 @@
+"""Built-in offline anatomical pipeline for a dataset that has only raw T1w images (antspyx).
+
+Why: a dataset without sMRIPrep, CAT12 or FreeSurfer outputs must still yield modulated grey-matter maps, with no
+download at run time. Steps (each a standard of the field): resampling to ``work_resolution_mm`` and cropping to the
+head; N4 bias correction; an affine of the head to nilearn's MNI152 brain template, whose brain mask pulled back
+gives a first mask; SyN registration of the masked brain (initialised by the affine); three-class Atropos
+segmentation inside the refined mask with the template's CSF/GM/WM probabilities as priors (weight 0.25, so the
+data decide and the priors only break ties such as the cerebellum's GM/WM contrast); GM warped to MNI and
+Jacobian-modulated (GM x det of the MNI-to-T1w map: affine determinant x SyN warp determinant), which preserves the
+subject's GM volume. TIV is the CSF + GM + WM probability inside the brain mask.
+
+Working at 2 mm in subject space keeps N4 and Atropos to seconds; regional volumes at atlas scale do not need more.
+ANTs' random sampling is seeded; with one thread (the default of the participant level) the result is
+reproducible. More threads are faster, but ITK's multi-threaded metrics then differ run to run at the 0.1-1 % level.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bids_ketamine.errors import BadDataError
+from bids_ketamine.structural.gm_features import check_t1w_image
+
+
+@dataclass(frozen=True)
+class BuiltinResult:
+    """Outputs of the built-in pipeline (nibabel images, volumes in mm^3)."""
+
+    #: Jacobian-modulated GM probability in MNI152 space (nilearn's template grid at the chosen resolution).
+    gm_modulated_mni: object
+    #: Unmodulated GM probability in MNI152 space.
+    gm_mni: object
+    #: Jacobian determinant of the MNI-to-T1w map on the MNI grid (T1w volume per MNI volume).
+    jacobian_mni: object
+    #: Bias-corrected T1w warped to MNI (for the QC figure).
+    t1w_mni: object
+    #: Total intracranial volume: CSF + GM + WM probability inside the brain mask, in subject space.
+    tiv_mm3: float
+    #: GM volume in subject space (sum of the native GM probability).
+    gm_native_mm3: float
+    wm_native_mm3: float
+    csf_native_mm3: float
+    #: Correlation of the registered T1w with the template inside the template's brain mask (registration QC).
+    template_correlation: float
+    #: Seconds per step.
+    timings: dict
+
+
+def _ants_threads(n_threads: int) -> None:
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(n_threads)))
+
+
+def _affine_det(transform_path: str) -> float:
+    """Determinant of the 3x3 linear part of an ANTs affine ``.mat`` (volume ratio T1w per MNI)."""
+    import ants
+
+    tx = ants.read_transform(transform_path)
+    return float(np.linalg.det(np.asarray(tx.parameters[:9], dtype=float).reshape(3, 3)))
+
+
+def run_builtin_pipeline(t1w_path: str | Path, *, work_dir: str | Path, seed: int, resolution_mm: float = 2.0,
+                         work_resolution_mm: float = 2.0, syn_iterations: tuple[int, ...] = (40, 20, 0),
+                         prior_weight: float = 0.25, n_threads: int = 1) -> BuiltinResult:
+    """Raw T1w -> modulated GM in MNI152 (nilearn) space, with native GM/WM/CSF volumes and TIV.
+
+    Deterministic for a fixed ``seed`` and thread count (ANTs' random sampling is seeded).
+    """
+    import ants
+    import nibabel as nib
+    from nilearn import datasets
+
+    t1w_path = Path(t1w_path)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        t1w_img = nib.load(t1w_path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise BadDataError(f"cannot read the T1w image ({exc})", path=t1w_path,
+                           fix="give a readable NIfTI T1w (re-convert it from DICOM)") from exc
+    check_t1w_image(t1w_img, t1w_path)
+    _ants_threads(n_threads)
+    ants_seed = int(seed) % (2**31 - 1) or 1
+    os.environ["ANTS_RANDOM_SEED"] = str(ants_seed)
+    # antspy passes --random-seed to antsRegistration only from its config (its random_seed argument is ignored);
+    # set it there without ants.set_ants_deterministic, which would also reseed numpy's global generator
+    ants.config._random_seed = ants_seed
+    res = int(round(resolution_mm))
+    if res not in (1, 2):
+        raise ValueError("resolution_mm must be 1 or 2 (nilearn's MNI152 grids)")
+
+    template_nib = datasets.load_mni152_template(resolution=res)
+    mask_nib = datasets.load_mni152_brain_mask(resolution=res)
+    template = ants.from_nibabel_nifti(nib.Nifti1Image(template_nib.get_fdata(dtype=np.float32), template_nib.affine))
+    template_mask = ants.from_nibabel_nifti(nib.Nifti1Image(mask_nib.get_fdata(dtype=np.float32), mask_nib.affine))
+    tissue_priors = _tissue_priors(res, mask_nib)
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def tick(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 2)
+        clock = now
+
+    raw = ants.image_read(str(t1w_path), pixeltype="float")
+    t1 = ants.resample_image(raw, (work_resolution_mm,) * 3, use_voxels=False, interp_type=0)
+    head = ants.get_mask(t1, low_thresh=_otsu(t1.numpy()) * 0.5, cleanup=0)
+    t1 = ants.crop_image(t1, ants.iMath(head, "MD", 4))
+    tick("load_resample_crop")
+    t1 = ants.n4_bias_field_correction(t1, shrink_factor=4,
+                                       convergence={"iters": [50, 50, 25], "tol": 1e-6})
+    t1 = t1 / float(np.percentile(t1.numpy()[t1.numpy() > 0], 99))
+    # through a NIfTI file and back: the header geometry becomes float32-exact, as in the temporary files ANTs
+    # tools (Atropos) read, which otherwise refuse images that differ from ours in the last bit of the origin
+    ants.image_write(t1, str(work_dir / "builtin_t1w_work.nii.gz"))
+    t1 = ants.image_read(str(work_dir / "builtin_t1w_work.nii.gz"), pixeltype="float")
+    tick("n4")
+
+    prefix = str(work_dir / "builtin_")
+    # 1) affine of the whole head to the brain template: enough for a first, generous brain mask
+    affine = ants.registration(fixed=template, moving=t1, type_of_transform="Affine", outprefix=prefix + "aff_",
+                               aff_iterations=(400, 200, 100, 0), aff_shrink_factors=(6, 4, 2, 1),
+                               aff_smoothing_sigmas=(3, 2, 1, 0))
+    tick("affine")
+    mask0 = ants.apply_transforms(fixed=t1, moving=template_mask, transformlist=affine["fwdtransforms"],
+                                  whichtoinvert=[True], interpolator="linear")
+    mask0 = ants.iMath(mask0.threshold_image(0.5, 2.0), "MD", 2)
+    # 2) SyN of the masked brain, initialised by the affine
+    syn = ants.registration(fixed=template, moving=t1 * mask0, type_of_transform="SyNOnly",
+                            initial_transform=affine["fwdtransforms"][0], reg_iterations=syn_iterations,
+                            outprefix=prefix + "syn_")
+    tick("syn")
+    mask = ants.apply_transforms(fixed=t1, moving=template_mask, transformlist=syn["invtransforms"],
+                                 whichtoinvert=[True, False], interpolator="linear").threshold_image(0.5, 2.0)
+    # 3) three tissue classes inside the mask
+    priors = [ants.apply_transforms(fixed=t1, moving=p, transformlist=syn["invtransforms"],
+                                    whichtoinvert=[True, False], interpolator="linear") for p in tissue_priors]
+    # r=0: Atropos seeds its generator with a constant instead of the clock (reproducible segmentations)
+    seg = ants.atropos(a=t1, x=mask, i=priors, m="[0.1,1x1x1]", c="[3,0]", priorweight=prior_weight, r=0)
+    csf, gm, wm = seg["probabilityimages"][:3]
+    tick("atropos")
+    voxel_mm3 = float(np.prod(t1.spacing))
+    gm_native = float(gm.numpy().sum() * voxel_mm3)
+    wm_native = float(wm.numpy().sum() * voxel_mm3)
+    csf_native = float(csf.numpy().sum() * voxel_mm3)
+    # 4) GM to MNI and Jacobian modulation
+    gm_mni = ants.apply_transforms(fixed=template, moving=gm, transformlist=syn["fwdtransforms"],
+                                   interpolator="linear")
+    t1_mni = ants.apply_transforms(fixed=template, moving=t1, transformlist=syn["fwdtransforms"],
+                                   interpolator="linear")
+    warp = [t for t in syn["fwdtransforms"] if t.endswith((".nii.gz", ".nii"))]
+    mats = [t for t in syn["fwdtransforms"] if t.endswith(".mat")]
+    jac = ants.create_jacobian_determinant_image(template, warp[0], do_log=False).numpy()
+    jac = jac * np.prod([_affine_det(m) for m in mats])
+    gm_mni_data = np.clip(gm_mni.numpy(), 0, 1)
+    tick("warp_jacobian")
+    affine_mni = template_nib.affine
+    inside = mask_nib.get_fdata() > 0.5
+    correlation = float(np.corrcoef(t1_mni.numpy()[inside], template.numpy()[inside])[0, 1])
+
+    def nifti(data: np.ndarray) -> nib.Nifti1Image:
+        img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine_mni)
+        img.header.set_xyzt_units("mm")
+        return img
+
+    return BuiltinResult(
+        gm_modulated_mni=nifti(gm_mni_data * jac), gm_mni=nifti(gm_mni_data), jacobian_mni=nifti(jac),
+        t1w_mni=nifti(t1_mni.numpy()), tiv_mm3=csf_native + gm_native + wm_native, gm_native_mm3=gm_native,
+        wm_native_mm3=wm_native, csf_native_mm3=csf_native, template_correlation=correlation,
+        timings=timings,
+    )
+
+
+def _tissue_priors(res: int, mask_nib) -> list:
+    """CSF, GM and WM prior probabilities on nilearn's MNI152 grid (CSF = brain mask minus GM and WM)."""
+    import ants
+    import nibabel as nib
+    from nilearn import datasets
+
+    gm = datasets.load_mni152_gm_template(resolution=res).get_fdata(dtype=np.float32)
+    wm = datasets.load_mni152_wm_template(resolution=res).get_fdata(dtype=np.float32)
+    inside = mask_nib.get_fdata(dtype=np.float32)
+    csf = np.clip(inside - gm - wm, 0, 1)
+    return [ants.from_nibabel_nifti(nib.Nifti1Image(np.ascontiguousarray(p), mask_nib.affine)) for p in (csf, gm, wm)]
+
+
+def _otsu(data: np.ndarray) -> float:
+    from bids_ketamine.structural.gm_features import _otsu_threshold
+
+    return _otsu_threshold(data)

@@ -1,0 +1,235 @@
+"""Repeated nested cross-validation with a permutation test that re-runs the whole nested CV on permuted labels.
+
+Why it is fast and still exact: nothing label-dependent enters the preprocessing (ComBat with label-free
+covariates, scaling, PCA), so for every (repeat, outer fold, inner fold) the preprocessed training and test
+matrices -- and their linear kernels -- are computed once and shared by the observed labels and all permutations.
+The linear SVMs of all label sets are then solved together on the shared kernel (``svm_solver``), along the C grid.
+
+Fold partitions are drawn once per repeat (stratified on the observed outcome, or one site per outer fold) and the
+same partitions are used for every permuted label set, as the shared preprocessing requires. Each permutation has
+its own seed (``default_rng([seed, k])``) and each (repeat, outer fold) is one joblib task whose result does not
+depend on how many workers run, so results are identical for any ``n_jobs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+from bids_ketamine.errors import BadDataError
+from bids_ketamine.structural.metrics import balanced_accuracy
+from bids_ketamine.structural.svm_solver import balanced_upper_bounds, decision_from_dual, \
+    resolve_intercept_scaling, solve_c_path, solve_dual_batch
+
+
+@dataclass(frozen=True)
+class OuterSplit:
+    """One outer fold: its train and test rows, and the inner (train, test) rows within the outer train set."""
+
+    repeat: int
+    fold: int
+    train: np.ndarray
+    test: np.ndarray
+    inner: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def check_cohort(labels: np.ndarray, n_folds: int, *, what: str, path=None) -> None:
+    """Refuse an outcome with one class, or a class with fewer subjects than folds (a fold would miss it)."""
+    y = np.asarray(labels, dtype=float)
+    if np.isnan(y).any():
+        raise BadDataError(f"{what}: {int(np.isnan(y).sum())} subject(s) have no outcome", path=path,
+                           fix="drop them or fill the outcome column")
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise BadDataError(f"{what}: the outcome has a single class ({classes.tolist()}) in {y.size} subjects",
+                           path=path, fix="check the outcome definition (design.response) and the cohort columns")
+    if counts.min() < n_folds:
+        raise BadDataError(f"{what}: the smaller class has {int(counts.min())} subjects, fewer than the "
+                           f"{n_folds} cross-validation folds", path=path,
+                           fix="lower structural.outer_folds/inner_folds or add subjects")
+
+
+def make_splits(labels: np.ndarray, *, outer_folds: int, inner_folds: int, repeats: int, seed: int,
+                scheme: str = "stratified", sites: np.ndarray | None = None) -> list[OuterSplit]:
+    """Outer and inner fold partitions for every repeat, drawn once from ``seed``.
+
+    ``scheme='stratified'``: stratified k-fold on the outcome, reshuffled per repeat. ``'leave-site-out'``: each
+    outer fold holds out one site (one repeat: the partition is not random); inner folds are stratified k-fold.
+    """
+    y = np.asarray(labels).astype(int)
+    n = y.size
+    out: list[OuterSplit] = []
+    if scheme == "leave-site-out":
+        if sites is None or np.unique(sites).size < 2:
+            raise BadDataError("leave-site-out cross-validation needs at least two sites",
+                               fix="use structural.cv = 'stratified' or give the site column (design)")
+        outer = list(LeaveOneGroupOut().split(np.zeros(n), y, groups=np.asarray(sites).astype(str)))
+        repeats = 1
+    elif scheme == "stratified":
+        outer = None
+    else:
+        raise ValueError(f"unknown cross-validation scheme {scheme!r}")
+    for r in range(repeats):
+        rng_seed = np.random.SeedSequence([seed, r]).generate_state(1)[0]
+        if outer is None:
+            splits = list(StratifiedKFold(outer_folds, shuffle=True, random_state=int(rng_seed)).split(np.zeros(n), y))
+        else:
+            splits = outer
+        for f, (train, test) in enumerate(splits):
+            inner_seed = np.random.SeedSequence([seed, r, f, 1]).generate_state(1)[0]
+            y_train = y[train]
+            if np.unique(y_train).size < 2 or np.bincount(y_train).min() < inner_folds:
+                raise BadDataError(f"outer fold {f + 1} leaves a class with fewer training subjects than the "
+                                   f"{inner_folds} inner folds", fix="lower structural.inner_folds or add subjects")
+            inner = tuple((train[a], train[b]) for a, b in StratifiedKFold(
+                inner_folds, shuffle=True, random_state=int(inner_seed)).split(np.zeros(train.size), y_train))
+            out.append(OuterSplit(repeat=r, fold=f, train=train, test=test, inner=inner))
+    return out
+
+
+def permuted_label_sets(labels: np.ndarray, n_permutations: int, seed: int) -> np.ndarray:
+    """(n, 1 + N) array: the observed labels, then permutation k drawn with its own seed ``[seed, k]``."""
+    y = np.asarray(labels).astype(float)
+    cols = [y] + [np.random.default_rng([seed, 7919, k]).permutation(y) for k in range(1, n_permutations + 1)]
+    return np.stack(cols, axis=1)
+
+
+def _kernels(data, make_preprocessor: Callable, train: np.ndarray, test: np.ndarray, intercept_scaling):
+    """Linear kernels of a fold's preprocessed training (m, m) and test-by-training (t, m) data, and the bias
+    constant the SVM uses on that training set."""
+    pre = clone(make_preprocessor())
+    z_train = np.asarray(pre.fit_transform(_rows(data, train)), dtype=np.float64)
+    z_test = np.asarray(pre.transform(_rows(data, test)), dtype=np.float64)
+    return z_train @ z_train.T, z_test @ z_train.T, resolve_intercept_scaling(intercept_scaling, z_train)
+
+
+def _rows(data, idx):
+    return data.iloc[idx] if isinstance(data, pd.DataFrame) else np.asarray(data)[idx]
+
+
+def select_c(inner_scores: np.ndarray, inner_labels: np.ndarray) -> np.ndarray:
+    """Index of the best C per label set from pooled inner-test scores (n_c, n_inner, L): highest BAC, the
+    smallest C among ties (the most regularised model)."""
+    bac = np.stack([balanced_accuracy(inner_labels, s) for s in inner_scores])
+    return np.argmax(np.round(bac, 12), axis=0)
+
+
+def _outer_fold_scores(split: OuterSplit, data, make_preprocessor: Callable, label_sets: np.ndarray,
+                       c_grid: np.ndarray, tol: float, intercept_scaling: float | str):
+    """Test-set decision scores (t, L) and chosen C index (L,) of one outer fold, for all label sets."""
+    n_sets = label_sets.shape[1]
+    inner_rows = np.concatenate([test for _, test in split.inner])
+    inner_scores = np.zeros((c_grid.size, inner_rows.size, n_sets))
+    pos = 0
+    for train, test in split.inner:
+        kernel, cross, bias = _kernels(data, make_preprocessor, train, test, intercept_scaling)
+        signs = 2.0 * label_sets[train] - 1.0
+        for c_index, alpha in enumerate(solve_c_path(kernel, signs, c_grid, tol=tol, intercept_scaling=bias)):
+            inner_scores[c_index, pos: pos + test.size] = decision_from_dual(cross, alpha, signs, bias)
+        pos += test.size
+    chosen = select_c(inner_scores, label_sets[inner_rows])
+    kernel, cross, bias = _kernels(data, make_preprocessor, split.train, split.test, intercept_scaling)
+    signs = 2.0 * label_sets[split.train] - 1.0
+    scores = np.zeros((split.test.size, n_sets))
+    for c_index in np.unique(chosen):
+        cols = np.flatnonzero(chosen == c_index)
+        upper = balanced_upper_bounds(label_sets[split.train][:, cols], c_grid[c_index])
+        alpha = solve_dual_batch(kernel, signs[:, cols], upper, tol=tol, intercept_scaling=bias)
+        scores[:, cols] = decision_from_dual(cross, alpha, signs[:, cols], bias)
+    return scores, chosen
+
+
+@dataclass(frozen=True)
+class NestedCVResult:
+    """Outer-test scores of every repeat, pooled per subject, for the observed labels (column 0) and each
+    permutation (columns 1..N)."""
+
+    scores: np.ndarray  # (repeats, n, L) outer-test decision scores
+    chosen_c: np.ndarray  # (repeats, outer folds, L) chosen C value
+    label_sets: np.ndarray  # (n, L)
+    splits: list[OuterSplit]
+
+    @property
+    def pooled(self) -> np.ndarray:
+        """Mean decision score per subject over repeats (n, L)."""
+        return self.scores.mean(axis=0)
+
+
+def nested_cv(data, labels: np.ndarray, make_preprocessor: Callable, *, c_grid, splits: list[OuterSplit],
+              n_permutations: int = 0, seed: int = 0, tol: float = 1e-2, intercept_scaling: float | str = "auto",
+              n_jobs: int = 1) -> NestedCVResult:
+    """Repeated nested CV of preprocessing + linear SVM (C from ``c_grid`` chosen by inner-CV BAC), re-run on
+    ``n_permutations`` permuted label sets with the same fold partitions.
+
+    ``data`` is what ``make_preprocessor()`` (an unfitted scikit-learn transformer, e.g. ComBat -> scaler -> PCA)
+    takes; it must not see the labels. Scores are positive towards class 1.
+    """
+    label_sets = permuted_label_sets(labels, n_permutations, seed)
+    c_grid = np.sort(np.asarray(c_grid, dtype=float))
+    results = Parallel(n_jobs=n_jobs)(
+        delayed(_outer_fold_scores)(split, data, make_preprocessor, label_sets, c_grid, tol, intercept_scaling)
+        for split in splits)
+    n_repeats = max(s.repeat for s in splits) + 1
+    n_folds = max(s.fold for s in splits) + 1
+    scores = np.full((n_repeats, label_sets.shape[0], label_sets.shape[1]), np.nan)
+    chosen = np.full((n_repeats, n_folds, label_sets.shape[1]), np.nan)
+    for split, (fold_scores, fold_chosen) in zip(splits, results):
+        scores[split.repeat, split.test] = fold_scores
+        chosen[split.repeat, split.fold] = c_grid[fold_chosen]
+    return NestedCVResult(scores=scores, chosen_c=chosen, label_sets=label_sets, splits=splits)
+
+
+def nested_cv_straightforward(data, labels: np.ndarray, make_pipeline: Callable[[float], object], *, c_grid,
+                              splits: list[OuterSplit]) -> tuple[np.ndarray, np.ndarray]:
+    """The plain loop the fast path must reproduce: a full scikit-learn pipeline fitted per fold and per C.
+
+    ``make_pipeline(C)`` returns an unfitted pipeline ending in a classifier with ``decision_function``.
+    Returns (scores (repeats, n), chosen C (repeats, folds)). For tests and documentation; slow by design.
+    """
+    y = np.asarray(labels).astype(int)
+    c_grid = np.sort(np.asarray(c_grid, dtype=float))
+    n_repeats = max(s.repeat for s in splits) + 1
+    n_folds = max(s.fold for s in splits) + 1
+    scores = np.full((n_repeats, y.size), np.nan)
+    chosen = np.full((n_repeats, n_folds), np.nan)
+    for split in splits:
+        inner_rows = np.concatenate([test for _, test in split.inner])
+        inner_scores = np.zeros((c_grid.size, inner_rows.size, 1))
+        for c_index, c in enumerate(c_grid):
+            inner_scores[c_index, :, 0] = np.concatenate([
+                make_pipeline(c).fit(_rows(data, tr), y[tr]).decision_function(_rows(data, te))
+                for tr, te in split.inner])
+        best = c_grid[select_c(inner_scores, y[inner_rows])[0]]
+        model = make_pipeline(best).fit(_rows(data, split.train), y[split.train])
+        scores[split.repeat, split.test] = model.decision_function(_rows(data, split.test))
+        chosen[split.repeat, split.fold] = best
+    return scores, chosen
+
+
+def choose_c_by_cv(data, labels: np.ndarray, make_preprocessor: Callable, *, c_grid, folds: int, seed: int,
+                   tol: float = 1e-2, intercept_scaling: float | str = "auto") -> tuple[float, np.ndarray]:
+    """C for a final model on all of ``data``: stratified ``folds``-fold CV BAC per C (ties: the smallest C).
+
+    Returns (best C, BAC per C of the ascending grid).
+    """
+    y = np.asarray(labels).astype(float)
+    c_grid = np.sort(np.asarray(c_grid, dtype=float))
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=int(
+        np.random.SeedSequence([seed, 99]).generate_state(1)[0])).split(np.zeros(y.size), y.astype(int)))
+    rows = np.concatenate([test for _, test in splits])
+    scores = np.zeros((c_grid.size, rows.size, 1))
+    pos = 0
+    for train, test in splits:
+        kernel, cross, bias = _kernels(data, make_preprocessor, train, test, intercept_scaling)
+        signs = (2.0 * y[train] - 1.0)[:, None]
+        for c_index, alpha in enumerate(solve_c_path(kernel, signs, c_grid, tol=tol, intercept_scaling=bias)):
+            scores[c_index, pos: pos + test.size] = decision_from_dual(cross, alpha, signs, bias)
+        pos += test.size
+    bac = np.array([balanced_accuracy(y[rows], s)[0] for s in scores])
+    return float(c_grid[select_c(scores, y[rows][:, None])[0]]), bac

@@ -1,0 +1,222 @@
+"""Linear-combination fit: planted truth, the 28 ISMRM 2016 challenge spectra, and bad input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from bids_ketamine.errors import BadDataError
+from bids_ketamine.spectroscopy.basis import BasisSet
+from bids_ketamine.spectroscopy.basis_io import read_fid_folder
+from bids_ketamine.spectroscopy.fit import fit_spectrum, mirror_energy_ratio, nnls_gram_batch
+from bids_ketamine.spectroscopy.fit_params import FitParams
+from bids_ketamine.spectroscopy.fit_simulation import noiseless_fid, simulate_spectrum
+
+DWELL, CF = 2.5e-4, 123.2
+
+
+@pytest.fixture(scope="module")
+def challenge_basis(shared_data) -> BasisSet:
+    return read_fid_folder(shared_data / "ismrm2016_mrs" / "code" / "basis", dwell_time=DWELL, central_frequency=CF)
+
+
+def _read_svs(path):
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj).ravel().astype(complex)
+
+
+def test_nnls_gram_batch_matches_active_set_nnls():
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 6))
+    b = rng.standard_normal((40, 3))
+    c = nnls_gram_batch((a.T @ a)[None], (a.T @ b)[None], n_iter=3000)[0]
+    for j in range(3):
+        ref = nnls(a, b[:, j])[0]
+        assert np.allclose(c[:, j], ref, atol=1e-4)
+
+
+@pytest.mark.realdata
+def test_noiseless_planted_spectrum_is_recovered_exactly(challenge_basis):
+    rng = np.random.default_rng(3)
+    sim = simulate_spectrum(challenge_basis, rng, snr=1e9)
+    res = fit_spectrum(sim.fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+    for name, true in sim.concentrations.items():
+        assert res.concentration(name) == pytest.approx(true, rel=2e-3, abs=1e-3), name
+    assert res.shifts_hz[0] == pytest.approx(sim.shift_hz, abs=0.05)
+    assert res.lorentzian_hz[0] == pytest.approx(sim.lorentzian_hz, abs=0.05)
+    assert np.radians(res.phase0_deg) % (2 * np.pi) == pytest.approx(sim.phase0 % (2 * np.pi), abs=0.01)
+    # The sign convention is detected from where the signal lies; the conjugated copy fits the same.
+    assert mirror_energy_ratio(sim.fid, DWELL, CF) > 1.5
+    conj = fit_spectrum(np.conj(sim.fid), DWELL, CF, challenge_basis)
+    assert conj.conjugated and conj.concentration("NAA") == pytest.approx(sim.concentrations["NAA"], rel=2e-3)
+
+
+MC_TARGETS = ["NAA", "tCr", "tCho", "mI", "Glu", "Glx", "Gln", "GABA", "GSH"]
+
+
+@pytest.fixture(scope="module")
+def monte_carlo(challenge_basis):
+    """40 spectra with random concentrations, line widths 3-10 Hz, shifts, phases, MM and SNR 50-100:
+    relative absolute errors and relative CRLBs per target."""
+    rng = np.random.default_rng(2024)
+    errors = {t: [] for t in MC_TARGETS}
+    crlbs = {t: [] for t in MC_TARGETS}
+    for _ in range(40):
+        sim = simulate_spectrum(challenge_basis, rng, snr=rng.uniform(50, 100))
+        res = fit_spectrum(sim.fid, DWELL, CF, challenge_basis)
+        for t in MC_TARGETS:
+            members = res.sums[t] if t in res.sums else (challenge_basis.names[challenge_basis.index(t)],)
+            true = sum(sim.concentrations[m] for m in members)
+            errors[t].append(abs(res.concentration(t) - true) / true)
+            crlbs[t].append(res.crlb(t) / true)
+    return ({t: float(np.median(errors[t])) for t in MC_TARGETS},
+            {t: float(np.median(crlbs[t])) for t in MC_TARGETS})
+
+
+@pytest.mark.realdata
+def test_monte_carlo_recovery_at_snr_50_to_100(monte_carlo):
+    med, crlb = monte_carlo
+    for t in ["NAA", "tCr", "tCho", "mI", "Glu", "Glx"]:
+        assert med[t] <= 0.05, (t, med[t])
+    for t in ["Gln", "GSH"]:
+        assert med[t] <= 0.15, (t, med[t])
+    # Every metabolite's error is what its CRLB predicts (median |N(0, s)| = 0.674 s) or better: the fit is
+    # efficient, so where it misses a threshold the information is not in the data.
+    for t in MC_TARGETS:
+        assert med[t] <= 1.5 * 0.674 * crlb[t], (t, med[t], crlb[t])
+
+
+@pytest.mark.realdata
+@pytest.mark.xfail(strict=True, reason="GABA at 3T without editing: its CRLB is ~40 % at SNR 50-100 (NAA height / "
+                   "noise SD), so a median error <= 15 % is beyond the information in the data")
+def test_monte_carlo_gaba_within_15_percent(monte_carlo):
+    med, _ = monte_carlo
+    assert med["GABA"] <= 0.15
+
+
+@pytest.mark.realdata
+def test_low_snr_spectra_fit_without_failure(challenge_basis):
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        sim = simulate_spectrum(challenge_basis, rng, snr=rng.uniform(20, 50))
+        res = fit_spectrum(sim.fid, DWELL, CF, challenge_basis)
+        assert res.success and np.all(np.isfinite(res.concentrations))
+        assert res.concentration("tNAA") == pytest.approx(sum(sim.concentrations[m] for m in ("NAA", "NAAG")),
+                                                           rel=0.15)
+
+
+@pytest.mark.realdata
+def test_crlb_matches_empirical_spread(challenge_basis):
+    """60 noise realisations of one spectrum: reported CRLB / empirical SD within a factor 1.5."""
+    rng = np.random.default_rng(5)
+    sim = simulate_spectrum(challenge_basis, rng, snr=1e9)
+    clean = noiseless_fid(challenge_basis, sim.concentrations, lorentzian_hz=sim.lorentzian_hz,
+                          gaussian_hz=sim.gaussian_hz, shift_hz=sim.shift_hz)
+    peak = np.fft.fftshift(np.fft.fft(clean)).real[(challenge_basis.ppm_axis() > 1.9)
+                                                     & (challenge_basis.ppm_axis() < 2.1)].max()
+    sd = peak / 60.0 / np.sqrt(clean.size)
+    targets = ["NAA", "tCr", "tCho", "mI", "Glu", "Glx", "Gln", "GSH", "GABA"]
+    est = {t: [] for t in targets}
+    crlb = {t: [] for t in targets}
+    for _ in range(60):
+        fid = sim.fid + sd * (rng.standard_normal(clean.size) + 1j * rng.standard_normal(clean.size))
+        res = fit_spectrum(fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+        for t in targets:
+            est[t].append(res.concentration(t))
+            crlb[t].append(res.crlb(t))
+    for t in targets:
+        ratio = np.median(crlb[t]) / np.std(est[t], ddof=1)
+        assert 1 / 1.5 <= ratio <= 1.5, (t, ratio)
+
+
+@pytest.mark.realdata
+def test_all_28_challenge_spectra_fit(shared_data, challenge_basis):
+    root = shared_data / "ismrm2016_mrs"
+    start = time.perf_counter()
+    for i in range(1, 29):
+        sub = f"sub-{i:02d}"
+        fid = _read_svs(root / sub / "mrs" / f"{sub}_svs.nii.gz")
+        res = fit_spectrum(fid, DWELL, CF, challenge_basis)
+        assert res.extras["lipids"] == (i >= 25), sub
+        assert res.conjugated, sub  # the challenge data keep LCModel's sign convention
+        assert np.all(np.isfinite(res.concentrations)) and np.all(res.concentrations >= 0), sub
+        assert np.isfinite(res.crlb("NAA")) and res.snr > 5, sub
+        # The model explains the spectrum: residual small against the data.
+        assert np.linalg.norm(res.residual) < 0.25 * np.linalg.norm(res.data), sub
+        if i <= 24:  # 25-28 are tumour-like spectra with little NAA and large lipid/lactate signals
+            tcr = res.concentration("tCr")
+            assert 0.8 <= res.concentration("NAA") / tcr <= 2.5, sub
+            assert 0.5 <= res.concentration("Glu") / tcr <= 2.5, sub
+            assert 0.05 <= res.concentration("tCho") / tcr <= 0.5, sub
+            assert 4.0 <= res.fwhm_hz <= 15.0, sub
+    assert time.perf_counter() - start < 60
+
+
+def test_bad_input_is_refused():
+    basis = BasisSet(("A",), np.exp(-np.arange(256) * 0.01)[None] * np.exp(-2j * np.pi * 0.05 * np.arange(256)),
+                     DWELL, CF)
+    with pytest.raises(BadDataError, match="all zero"):
+        fit_spectrum(np.zeros(256, complex), DWELL, CF, basis)
+    bad = np.ones(256, complex)
+    bad[3] = np.nan
+    with pytest.raises(BadDataError, match="NaN"):
+        fit_spectrum(bad, DWELL, CF, basis)
+    with pytest.raises(BadDataError, match="one averaged FID"):
+        fit_spectrum(np.ones((2, 256), complex), DWELL, CF, basis)
+    with pytest.raises(BadDataError, match="1H"):
+        fit_spectrum(np.ones(256, complex), DWELL, CF, BasisSet(("A",), np.ones((1, 256)), DWELL, CF, nucleus="31P"))
+    with pytest.raises(ValidationError):
+        FitParams(ppm_range=(4.2, 0.2))
+    with pytest.raises(ValidationError):
+        FitParams(unknown=1)
+
+
+def test_unknown_component_in_params_is_a_usage_error():
+    from bids_ketamine.errors import UsageError
+
+    basis = BasisSet(("A", "B"), np.ones((2, 256), complex), DWELL, CF)
+    with pytest.raises(UsageError, match="does not have: C"):
+        fit_spectrum(np.ones(256, complex), DWELL, CF, basis, FitParams(include=("A", "C")))
+
+
+@pytest.mark.realdata
+def test_residual_water_inside_the_window_is_modelled(challenge_basis):
+    rng = np.random.default_rng(21)
+    sim = simulate_spectrum(challenge_basis, rng, snr=80, max_phase_deg=0, max_tau=0)
+    t = challenge_basis.time_axis()
+    water = 3000.0 * np.exp((2j * np.pi * (4.16 - 4.65) * CF - np.pi * 8.0) * t)  # ~ 10 x the NAA peak
+    res = fit_spectrum(sim.fid + water, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+    assert res.extras["water_lines"] > 0
+    for name in ("NAA", "tCr", "Glu"):
+        members = res.sums[name] if name in res.sums else (name,)
+        true = sum(sim.concentrations[m] for m in members)
+        assert res.concentration(name) == pytest.approx(true, rel=0.06), name
+    clean = fit_spectrum(sim.fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+    assert clean.extras["water_lines"] == 0
+
+
+def test_fit_is_deterministic_and_reports_planted_singlets():
+    """Two singlets, fitted twice: identical results, and the planted amplitudes and SNR come back."""
+    n = 1024
+    t = np.arange(n) * DWELL
+    a = np.exp(2j * np.pi * (2.01 - 4.65) * CF * t - np.pi * 2.0 * t)
+    b = np.exp(2j * np.pi * (3.03 - 4.65) * CF * t - np.pi * 2.0 * t)
+    basis = BasisSet(("NAA", "Cr"), np.array([3 * a, 3 * b]), DWELL, CF)
+    rng = np.random.default_rng(8)
+    fid = (8.0 * 3 * a + 5.0 * 3 * b) * np.exp(-np.pi * 3.0 * t) + 0.2 * (rng.standard_normal(n)
+                                                                          + 1j * rng.standard_normal(n))
+    first = fit_spectrum(fid, DWELL, CF, basis)
+    second = fit_spectrum(fid, DWELL, CF, basis)
+    assert np.array_equal(first.concentrations, second.concentrations)
+    assert first.concentration("NAA") == pytest.approx(8.0, rel=0.02)
+    assert first.concentration("Cr") == pytest.approx(5.0, rel=0.02)
+    assert first.fwhm_hz == pytest.approx(5.0, abs=0.3)  # 2 Hz intrinsic + 3 Hz fitted Lorentzian
+    noise_sd_spectrum = 0.2 * np.sqrt(n)
+    peak = np.fft.fftshift(np.fft.fft(8.0 * 3 * a * np.exp(-np.pi * 3.0 * t))).real.max()
+    assert first.snr == pytest.approx(peak / noise_sd_spectrum, rel=0.15)
