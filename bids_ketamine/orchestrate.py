@@ -56,7 +56,9 @@ def record_run(cfg, writer, extra: dict[str, Any]) -> Path:
 
     from bids_ketamine.io.derivatives import atomic_write_text, dumps_json
 
-    record = {"version": __version__, "level": cfg.level, "config": cfg.as_record(),
+    from bids_ketamine.reports.boilerplate import software_versions
+
+    record = {"version": __version__, "level": cfg.level, "config": cfg.as_record(), "software": software_versions(),
               "python": sys.version.split()[0], "platform": platform.platform(), **extra}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = cfg.output_dir / "logs" / f"run-{stamp}_{cfg.level}_pid{os.getpid()}.json"
@@ -158,6 +160,7 @@ def run_participant_level(cfg) -> int:
     statuses = run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
                                     container=writer.container) if jobs else []
     record_run(cfg, writer, {"jobs": statuses})
+    build_reports_safely(cfg.output_dir, sorted(set(plan["participant"])), group=False)
     failed = [s for s in statuses if not s["ok"]]
     for status in failed:
         print(f"bids-ketamine: sub-{status['subject']} {status['analysis']} failed: {status['message']}",
@@ -198,9 +201,40 @@ def run_group_level(cfg) -> int:
     with resampling_backend(cfg.dask_scheduler):
         results, failures = _run_group_analyses(cfg, chosen, participants, sessions, writer)
     record_run(cfg, writer, {"group": results})
+    build_reports_safely(cfg.output_dir, [], group=True)
     if not failures:
         return EXIT_OK
     return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED
+
+
+def build_reports_safely(output_dir: Path, subjects: list[str], *, group: bool) -> list[Path]:
+    """HTML reports from what is in the output folder; a report problem is logged, never fails the analyses."""
+    from bids_ketamine.reports import build_group_report, build_participant_report
+
+    built = []
+    for subject in subjects:
+        try:
+            built.append(build_participant_report(output_dir, subject))
+        except Exception as exc:  # reports are a view on results; their failure must not lose the results
+            LOG.warning("sub-%s: report not built (%s: %s)", subject, type(exc).__name__, exc)
+    if group:
+        try:
+            built.append(build_group_report(output_dir))
+        except Exception as exc:
+            LOG.warning("group report not built (%s: %s)", type(exc).__name__, exc)
+    return built
+
+
+def rebuild_reports(cfg) -> int:
+    """``--reports-only``: rebuild reports from existing outputs without recomputing anything."""
+    from bids_ketamine.reports import build_reports
+
+    if not (cfg.output_dir / "dataset_description.json").exists():
+        raise NoMatchError("no bids_ketamine outputs to build reports from", path=cfg.output_dir,
+                           fix="run the participant (and group) level first, or point at the right output_dir")
+    for path in build_reports(cfg.output_dir, cfg.participant_label, group=cfg.level == "group"):
+        print(f"report: {path}")
+    return EXIT_OK
 
 
 @contextmanager

@@ -132,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg) -> int:
     """Run a checked configuration: validation, discovery, plan, then the level."""
-    from bids_ketamine.orchestrate import run_group_level, run_participant_level
+    from bids_ketamine.orchestrate import rebuild_reports, run_group_level, run_participant_level
 
+    if cfg.reports_only:
+        return rebuild_reports(cfg)
     started = time.time()
     code = run_participant_level(cfg) if cfg.level == "participant" else run_group_level(cfg)
     LOG.info("finished in %.0f s with exit code %d", time.time() - started, code)

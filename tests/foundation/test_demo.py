@@ -60,3 +60,17 @@ def test_rerun_skips_finished_participants(demo, caplog):
     assert code == 0
     after = {p: p.stat().st_mtime_ns for p in before}
     assert before == after, "a re-run must not recompute finished participants"
+
+
+def test_demo_writes_reports_and_reports_only_rebuilds_them_without_recomputing(demo):
+    root, _ = demo
+    out = root / "outputs"
+    reports = sorted(out.glob("sub-*.html"))
+    assert reports and (out / "group.html").exists() and (out / "methods.md").exists()
+    results = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".tsv", ".nii.gz", ".gz")}
+    for report in reports:
+        report.unlink()
+    code = main([str(root / "bids"), str(out), "group", "--reports-only"])
+    assert code == 0
+    assert sorted(out.glob("sub-*.html")) == reports
+    assert all(p.read_bytes() == data for p, data in results.items())

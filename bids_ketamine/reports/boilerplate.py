@@ -1,0 +1,560 @@
+"""Methods text a user can paste into a paper, written from what the run recorded (fMRIPrep-style boilerplate).
+
+Why generate it: the published code behind our anchors had methods text and code that disagreed (e.g. on the number
+of permutations). Here every number in the text comes from the run records (``logs/run-*.json``: parameters,
+design, versions) and the outputs' sidecars, so the text cannot drift from what ran. Sentences name a value only
+when the run recorded it; the complete parameter list follows the prose, so nothing the run used is left out.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from bids_ketamine.__about__ import __version__
+from bids_ketamine.reports.collect import ANALYSIS_NAMES, OutputFolder, read_sidecar
+
+#: Python packages whose versions describe a run (recorded by the orchestrator at run time).
+SOFTWARE_PACKAGES = ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "nibabel", "nilearn", "pybids",
+                     "nipype", "lmfit", "nifti-mrs", "brainsmash", "abagen", "antspyx", "matplotlib", "joblib")
+#: Reference list: key -> full reference (cited in the text as [key]).
+REFERENCES = {
+    "bryant2026": "Bryant et al. (2026). Translational Psychiatry. doi:10.1038/s41398-026-04085-4",
+    "moujaes2024": "Moujaes, F., Ji, J. L., et al. (2024). eLife 13:e84173. doi:10.7554/eLife.84173",
+    "jelen2025": "Jelen et al. (2025). Nature Medicine. doi:10.1038/s41591-025-03800-w (trial NCT04977674)",
+    "bids": "Gorgolewski, K. J., et al. (2016). The brain imaging data structure, a format for organizing and "
+            "describing outputs of neuroimaging experiments. Scientific Data 3:160044. "
+            "doi:10.1038/sdata.2016.44",
+    "pybids": "Yarkoni, T., et al. (2019). PyBIDS: Python tools for BIDS datasets. Journal of Open Source Software "
+              "4(40):1294. doi:10.21105/joss.01294",
+    "nipype": "Gorgolewski, K., et al. (2011). Nipype: a flexible, lightweight and extensible neuroimaging data "
+              "processing framework in Python. Frontiers in Neuroinformatics 5:13. doi:10.3389/fninf.2011.00013",
+    "sklearn": "Pedregosa, F., et al. (2011). Scikit-learn: machine learning in Python. Journal of Machine Learning "
+               "Research 12:2825-2830",
+    "nilearn": "Abraham, A., et al. (2014). Machine learning for neuroimaging with scikit-learn. Frontiers in "
+               "Neuroinformatics 8:14. doi:10.3389/fninf.2014.00014",
+    "ants": "Avants, B. B., et al. (2008). Symmetric diffeomorphic image registration with cross-correlation: "
+            "evaluating automated labeling of elderly and neurodegenerative brain. "
+            "Medical Image Analysis 12(1):26-41. doi:10.1016/j.media.2007.06.004",
+    "n4": "Tustison, N. J., et al. (2010). N4ITK: improved N3 bias correction. IEEE Transactions on Medical Imaging "
+          "29(6):1310-1320. doi:10.1109/TMI.2010.2046908",
+    "desikan": "Desikan, R. S., et al. (2006). An automated labeling system for subdividing the human cerebral cortex "
+               "on MRI scans into gyral based regions of interest. NeuroImage 31(3):968-980. "
+               "doi:10.1016/j.neuroimage.2006.01.021",
+    "combat": "Johnson, W. E., Li, C., Rabinovic, A. (2007). Adjusting batch effects in microarray expression data "
+              "using empirical Bayes methods. Biostatistics 8(1):118-127. doi:10.1093/biostatistics/kxj037",
+    "haufe": "Haufe, S., et al. (2014). On the interpretation of weight vectors of linear models in multivariate "
+             "neuroimaging. NeuroImage 87:96-110. doi:10.1016/j.neuroimage.2013.10.067",
+    "power2012": "Power, J. D., et al. (2012). Spurious but systematic correlations in functional connectivity MRI "
+                 "networks arise from subject motion. NeuroImage 59(3):2142-2154. "
+                 "doi:10.1016/j.neuroimage.2011.10.018",
+    "brainsmash": "Burt, J. B., et al. (2020). Generative modeling of brain maps with spatial autocorrelation. "
+                  "NeuroImage 220:117038. doi:10.1016/j.neuroimage.2020.117038",
+    "abagen": "Markello, R. D., et al. (2021). Standardizing workflows in imaging transcriptomics with the abagen "
+              "toolbox. eLife 10:e72129. doi:10.7554/eLife.72129",
+    "ahba": "Hawrylycz, M. J., et al. (2012). An anatomically comprehensive atlas of the adult human brain "
+            "transcriptome. Nature 489:391-399. doi:10.1038/nature11405",
+    "bh": "Benjamini, Y., Hochberg, Y. (1995). Controlling the false discovery rate: a practical and powerful "
+          "approach to multiple testing. Journal of the Royal "
+          "Statistical Society B 57(1):289-300",
+    "niftimrs": "Clarke, W. T., et al. (2022). NIfTI-MRS: a standard data format for magnetic resonance spectroscopy. "
+                "Magnetic Resonance in Medicine 88(6):2358-2370. doi:10.1002/mrm.29418",
+    "near2015": "Near, J., et al. (2015). Frequency and phase drift correction of magnetic resonance spectroscopy "
+                "data by spectral registration in the time domain. Magnetic Resonance in Medicine 73(1):44-50. "
+                "doi:10.1002/mrm.25094",
+    "near2021": "Near, J., et al. (2021). Preprocessing, analysis and quantification in single-voxel magnetic "
+                "resonance spectroscopy: experts' consensus recommendations. NMR in Biomedicine 34(5):e4257. "
+                "doi:10.1002/nbm.4257",
+    "provencher1993": "Provencher, S. W. (1993). Estimation of metabolite concentrations from localized in vivo "
+                      "proton NMR spectra. Magnetic Resonance in Medicine 30(6):672-679. doi:10.1002/mrm.1910300604",
+    "govindaraju2000": "Govindaraju, V., Young, K., Maudsley, A. A. (2000). Proton NMR chemical shifts and coupling "
+                       "constants for brain metabolites. NMR in Biomedicine 13(3):129-153. "
+                       "doi:10.1002/1099-1492(200005)13:3<129::AID-NBM619>3.0.CO;2-V",
+    "statsmodels": "Seabold, S., Perktold, J. (2010). Statsmodels: econometric and statistical modeling with Python. "
+                   "Proceedings of the 9th Python in Science Conference, 92-96",
+}
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape results, for the orchestrator to record in ``logs/run-*.json``."""
+    versions = {"bids_ketamine": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for name in SOFTWARE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class Methods:
+    """The methods text as structure, written out as Markdown (methods.md) and as HTML (in the reports)."""
+
+    analyses: list[str]
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sidecar_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    software: dict[str, str] = field(default_factory=dict)
+    software_note: str = ""
+    references: list[str] = field(default_factory=list)
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested parameter dicts as ``a.b.c -> value`` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    if isinstance(values, dict):
+        for key, value in values.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                flat.update(flatten(value, name))
+            else:
+                flat[name] = value
+    elif prefix:
+        flat[prefix] = values
+    return flat
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+class _Lookup:
+    """Find a parameter by the last part of its (flattened) name; remembers nothing, says None when absent."""
+
+    def __init__(self, flat: dict[str, Any]):
+        self.flat = flat
+
+    def get(self, *names: str) -> Any:
+        for name in names:
+            for key, value in self.flat.items():
+                if key == name or key.endswith("." + name):
+                    return value
+        return None
+
+    def text(self, *names: str, unit: str = "", scale: float = 1.0) -> str | None:
+        value = self.get(*names)
+        if value is None:
+            return None
+        if scale != 1.0 and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = value * scale
+        return f"{_fmt(value)}{unit}"
+
+
+def _join(parts: list[str | None]) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool) -> list[str]:
+    atlas = p.text("atlas_name", "atlas")
+    atlas = f"the {atlas} atlas" if atlas else ("the default Desikan-Killiany atlas [desikan] (with left and right "
+                                                "cerebellum)")
+    sources = p.get("sources", "source", "source_preference")
+    fwhm_value = p.get("smoothing_fwhm_mm", "smoothing_fwhm", "fwhm", "smoothing_mm")
+    fwhm = f"{_fmt(fwhm_value)} mm" if isinstance(fwhm_value, (int, float)) and fwhm_value > 0 else None
+    res = p.text("builtin_resolution_mm", "resolution_mm", "resolution", unit=" mm")
+    if isinstance(sources, (list, tuple)) and sources:
+        source_text = ("Tissue maps were taken from the first available of these sources, in this order: "
+                       + ", ".join(map(str, sources)) + " (the built-in pipeline: N4 bias correction [n4], brain "
+                       "extraction, three-class segmentation and SyN registration to the MNI152 template [ants]).")
+    elif sources and sources != "auto":
+        source_text = f"Tissue maps were taken from {sources}."
+    else:
+        source_text = ("Tissue maps were taken from the first available source (fMRIPrep/sMRIPrep derivatives, "
+                       "CAT12, FreeSurfer) or, failing those, from the built-in pipeline (N4 bias correction [n4], "
+                       "brain extraction, three-class segmentation and SyN registration to the MNI152 template "
+                       "[ants]).")
+    paras = [_join([
+        "Grey-matter (GM) features were derived from each participant's pre-treatment T1-weighted image.",
+        source_text,
+        "GM probability maps in MNI152NLin2009cAsym space were modulated by the Jacobian determinant of the "
+        "normalisation" + (f" at {res} resolution" if res else "") + (f", smoothed with a {fwhm} FWHM kernel"
+                                                                       if fwhm else "") + ",",
+        f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
+        "recorded for each participant.",
+    ])]
+    if ran_group:
+        response = design.get("response") or {}
+        if response.get("kind") == "column":
+            rule = (f"the participants.tsv column '{response.get('column')}' with positive value(s) "
+                    f"{', '.join(map(str, response.get('positive') or []))}")
+        else:
+            share = response.get("min_reduction")
+            rule = (f"a reduction of the MADRS score by at least {share * 100:g} % at 24 h" if share is not None
+                    else "a MADRS reduction at 24 h")
+        outer = p.text("outer_folds", "n_outer_folds", "outer_splits", "n_splits")
+        inner = p.text("inner_folds", "n_inner_folds", "inner_splits")
+        repeats = p.text("n_repeats", "repeats", "outer_repeats")
+        grid = p.text("c_grid", "C_grid", "c_values", "C_values", "cs")
+        perms = p.text("n_permutations", "permutations")
+        pca = p.get("pca_components", "n_components", "pca")
+        combat = p.get("harmonize", "harmonise", "combat", "use_combat")
+        paras.append(_join([
+            f"Response was defined as {rule} [bryant2026].",
+            "A linear support-vector classifier with balanced class weights [sklearn] was trained on the discovery "
+            "cohort in a pipeline of",
+            ("train-only ComBat harmonisation across sites [combat] (fitted on training folds only, preserving age, "
+             "sex and TIV effects, never the outcome), " if combat is not False else "no site harmonisation, ")
+            + "feature scaling" + (f", PCA ({_fmt(pca)} components)" if pca not in (None, False, 0) else "")
+            + " and the classifier.",
+            "Performance was estimated with " + (f"{repeats} repeats of " if repeats else "repeated ")
+            + (f"{outer}-fold " if outer else "") + "nested cross-validation, the cost C being tuned in an inner "
+            + (f"{inner}-fold " if inner else "") + "loop" + (f" over {grid}" if grid else "") + "; predictions were "
+            "pooled per subject over repeats to compute balanced accuracy, sensitivity, specificity and AUC with "
+            "bootstrap confidence intervals.",
+            "Significance was assessed by re-running the whole nested cross-validation on "
+            + (f"{perms} " if perms else "") + "label permutations, p = (1 + #{permuted >= observed}) / (1 + N).",
+            "The model fitted on the whole discovery cohort was frozen and scored the external ketamine cohort(s) "
+            "and the saline cohort, each with its own permutation p. Classifier weights were made interpretable as "
+            "activation patterns with the Haufe transform [haufe] (positive: towards response).",
+        ]))
+    return paras
+
+
+def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
+    fd = p.text("fd_threshold", unit=" mm")
+    dvars = p.text("dvars_ratio")
+    neighbours = p.text("neighbours")
+    max_frac = p.text("max_scrubbed_fraction", unit=" %", scale=100.0)
+    hp = p.get("high_pass_hz")
+    gsr = p.get("global_signal_regression")
+    space = p.text("space")
+    paras = [_join([
+        "Resting-state BOLD runs preprocessed by fMRIPrep" + (f" ({space} space)" if space else "") + " were "
+        "analysed following Moujaes, Ji et al. [moujaes2024].",
+        "Frames were censored when framewise displacement [power2012] exceeded " + (fd or "the threshold")
+        + " or the normalised intensity change exceeded " + (f"{dvars} times" if dvars else "a multiple of")
+        + " the run's median, together with " + (f"{neighbours} neighbouring frame(s)" if neighbours else
+                                                 "neighbouring frames") + " on each side; a session with more than "
+        + (max_frac or "the allowed fraction") + " of frames censored was excluded.",
+        "Nuisance regression included"
+        + (" six motion parameters," if p.get("motion_regressors") is not False else "")
+        + (" white-matter and CSF signals," if p.get("tissue_regressors") is not False else "")
+        + (" the global signal," if gsr is not False else " (no global signal regression),")
+        + (" with their first temporal derivatives" if p.get("derivatives") is not False else "")
+        + (f" and a cosine high-pass basis at {_fmt(hp)} Hz." if hp else " (no high-pass filter)."),
+        "Parcel mean time series were correlated (Pearson r, Fisher z); global brain connectivity (GBC) of a "
+        "parcel was its mean z with all other parcels, and each subject's delta-GBC map was GBC under the drug "
+        "minus GBC under placebo.",
+    ])]
+    if ran_group:
+        shuffles = p.text("n_shuffles", "n_permutations", "shuffles")
+        pct = p.text("significance_percentile")
+        subsample = p.text("dimensionality_subsample_size", "subsample_size", "pr_subsample_size")
+        n_sub = p.text("dimensionality_n_subsamples", "n_subsamples", "pr_subsamples")
+        surrogates = p.text("n_surrogates", "surrogates")
+        genes_configured = p.get("gene_table") not in (None, "") or p.get("ahba_dir") not in (None, "")
+        fdr = p.text("fdr_alpha")
+        paras.append(_join([
+            "Delta-GBC maps were analysed by principal component analysis across subjects (each parcel centred, not "
+            "scaled). A component was significant when its explained variance exceeded the "
+            + (f"{pct}th" if pct else "95th") + " percentile of the explained variance at the same rank over "
+            + (f"{shuffles} " if shuffles else "") + "data sets in which each subject's parcel values were "
+            "shuffled independently.",
+            "Subject scores were Pearson correlations between each subject's map and each component map; maps are "
+            "shown z-scored across parcels (component signs are arbitrary).",
+            "Effective dimensionality per drug was the participation ratio (sum λ)² / sum λ² of the covariance "
+            "eigenvalues on " + (f"{n_sub} " if n_sub else "") + "random subsamples"
+            + (f" of {subsample} subjects" if subsample and subsample != "none" else
+               " of the size of the smallest drug group") + ", compared across drugs by one-way ANOVA with "
+            "Bonferroni-corrected post hoc tests.",
+            ("Component maps were correlated with cortical gene expression (Allen Human Brain Atlas [ahba], via "
+             "abagen [abagen]) and tested against " + (f"{surrogates} " if surrogates else "")
+             + "spatially autocorrelated surrogate maps (BrainSMASH [brainsmash]), with false discovery rate "
+             "control across genes [bh]" + (f" at {fdr}" if fdr else "") + ".") if genes_configured else None,
+        ]))
+    return paras
+
+
+def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
+                       recorded_models: list[str] | None = None) -> list[str]:
+    fmrs = design.get("fmrs") or {}
+    block = fmrs.get("block_seconds")
+    ppm = p.get("fit.ppm_range", "ppm_range")
+    ppm_text = f"{_fmt(ppm[0])}-{_fmt(ppm[1])} ppm" if isinstance(ppm, (list, tuple)) and len(ppm) == 2 else None
+    baseline = p.text("fit.baseline", "baseline")
+    mm = p.text("fit.macromolecules")
+    steps = ["coil-combined (weighted SVD)"]
+    if p.get("eddy_current_correction") is not False:
+        steps.append("corrected for eddy currents with the water reference")
+    if p.get("align") is not False:
+        steps.append("aligned in frequency and phase by spectral registration [near2015]")
+    if p.get("reject") is not False:
+        threshold = p.text("reject_threshold")
+        steps.append("screened for bad transients" + (f" (robust z > {threshold})" if threshold else ""))
+    basis_source = p.get("basis.source")
+    sequence = p.get("basis.sequence", "sequence")
+    basis_text = ("simulated basis spectra [govindaraju2000]" + (f" ({sequence} sequence)" if sequence and
+                                                                   sequence != "auto" else "")
+                  if basis_source in (None, "simulate") else f"basis spectra read from the user's {basis_source} "
+                  "basis set")
+    crlb = p.text("max_crlb_percent", unit=" %")
+    paras = [_join([
+        "Single-voxel ¹H MR spectra stored as NIfTI-MRS [niftimrs] were " + ", ".join(steps) + " and averaged" + (
+            f" in blocks of {_fmt(block)} s timed from the onset of the '{fmrs.get('infusion_trial_type', 'infusion')}'"
+            " event" if block else " in blocks") + ", following consensus recommendations [near2021].",
+        f"Each spectrum or block was fitted with a linear combination [provencher1993] of {basis_text}"
+        + (f" over {ppm_text}" if ppm_text else "")
+        + " with Voigt line shapes, frequency shifts, zero- and first-order phase"
+        + (f", a {baseline} baseline" if baseline and baseline != "none" else "")
+        + (f" and macromolecules modelled as '{mm}'" if mm else "") + "; Cramér-Rao lower bounds were computed "
+        "from the Fisher information" + (f" (estimates with CRLB above {crlb} flagged)" if crlb else "")
+        + ", and Glx (glutamate + glutamine) was expressed relative to total NAA.",
+    ])]
+    if ran_group:
+        models = recorded_models or []
+        paras.append(_join([
+            "Glx/tNAA over the infusion was modelled with a linear mixed model [statsmodels] of pretreatment x time "
+            "with sex and crossover period terms and the sex x pretreatment x time interaction, time points nested "
+            "in sessions within subjects, as in Jelen et al. [jelen2025].",
+            ("The fitted models, as recorded with the results: " + " ".join(models)) if models else None,
+            "MADRS change was modelled by condition x time.",
+        ]))
+    return paras
+
+
+def group_descriptions(folder: OutputFolder, analysis: str, pattern: str) -> list[str]:
+    """The ``Description`` an analysis wrote in its group tables' sidecars (e.g. the exact model formula)."""
+    found: list[str] = []
+    for sidecar in sorted((folder.root / "group").rglob("*.json")):
+        if not re.search(pattern, sidecar.name, flags=re.IGNORECASE):
+            continue
+        rel = folder.rel(sidecar)
+        from bids_ketamine.reports.sections import guess_analysis
+
+        if guess_analysis(rel) != analysis:
+            continue
+        try:
+            text = json.loads(sidecar.read_text(encoding="utf-8")).get("Description")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(text, str) and text.strip() and text.strip() not in found:
+            found.append(text.strip())
+    return found
+
+
+_TEXTS = {"structural": "Structural prediction of response", "connectivity": "Heterogeneity of the functional "
+          "response (connectivity)", "spectroscopy": "Glutamate during the infusion (functional MRS)"}
+
+
+def run_analyses(folder: OutputFolder) -> tuple[list[str], set[str], list[str]]:
+    """Analyses with results (a participant job or a group run that succeeded, or a completion record), those that
+    ran at group level, and those only attempted (every job failed): a methods text names only what produced results.
+    """
+    ran: set[str] = set()
+    group: set[str] = set()
+    attempted: set[str] = set()
+    for run in folder.runs:
+        if run.level == "participant":
+            for status in run.data.get("jobs") or []:
+                (ran if status.get("ok") else attempted).add(str(status.get("analysis")))
+        elif run.level == "group":
+            for name, status in (run.data.get("group") or {}).items():
+                if status.get("ok"):
+                    group.add(str(name))
+                    ran.add(str(name))
+                else:
+                    attempted.add(str(name))
+    for marker in (folder.root / ".bids_ketamine" / "done").glob("sub-*_*.json"):
+        ran.add(marker.stem.split("_", 1)[1])
+    ordered = [a for a in ANALYSIS_NAMES if a in ran]
+    failed_only = [a for a in ANALYSIS_NAMES if a in attempted and a not in ran]
+    return ordered, group, failed_only
+
+
+def _sidecar_parameters(folder: OutputFolder, analyses: list[str], subjects: list[str] | None) -> dict[str, dict]:
+    """Parameters the outputs' sidecars recorded, per analysis (group sidecars, then participants' sidecars)."""
+    found: dict[str, dict[str, Any]] = {a: {} for a in analyses}
+    from bids_ketamine.reports.sections import guess_analysis
+
+    owners: dict[str, str] = {}
+    for marker in (folder.root / ".bids_ketamine" / "done").glob("sub-*_*.json"):
+        try:
+            for rel in json.loads(marker.read_text()).get("outputs", []):
+                owners[str(rel)] = marker.stem.split("_", 1)[1]
+        except (OSError, json.JSONDecodeError):
+            continue
+    roots = [folder.root / "group"] + [folder.root / f"sub-{s}" for s in (subjects or folder.subjects())]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for sidecar in root.rglob("*.json"):
+            rel = folder.rel(sidecar)
+            analysis = owners.get(rel) or guess_analysis(rel)
+            if analysis not in found:
+                continue
+            data, _ = read_sidecar(sidecar.with_suffix(".tsv"))
+            if not data:
+                try:
+                    data = json.loads(sidecar.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+            params = data.get("Parameters") if isinstance(data, dict) else None
+            if isinstance(params, dict):
+                for key, value in flatten(params).items():
+                    found[analysis].setdefault(key, value)
+    return found
+
+
+def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) -> Methods:
+    """The methods of the run(s) recorded in ``output_dir`` (only the analyses that ran, with their values)."""
+    folder = OutputFolder.read(output_dir)
+    analyses, group, failed_only = run_analyses(folder)
+    recorded = folder.parameters()
+    design = {}
+    software: dict[str, str] = {}
+    for run in folder.runs:  # later runs override earlier ones
+        design = (run.data.get("config") or {}).get("design") or design
+        software.update(run.data.get("software") or {})
+        software.setdefault("bids_ketamine", str(run.data.get("version", __version__)))
+        if run.data.get("python"):
+            software["python"] = str(run.data["python"])
+    note = ""
+    if not any(k in software for k in SOFTWARE_PACKAGES):
+        current = software_versions()
+        for key, value in current.items():
+            software.setdefault(key, value)
+        note = ("The run record did not list package versions; the versions below are those installed when this "
+                "report was built.")
+    methods = Methods(analyses=analyses, software=software, software_note=note)
+    sidecar_params = _sidecar_parameters(folder, analyses, subjects)
+    cited: list[str] = ["bids", "pybids", "nipype"]
+    intro = _join([
+        f"Results were produced with bids_ketamine {software.get('bids_ketamine', __version__)} "
+        f"(Python {software.get('python', '?')}), a BIDS App [bids] that reads the dataset with PyBIDS [pybids] and "
+        "runs its participant-level steps as a Nipype workflow [nipype].",
+        "Analyses run: " + (", ".join(analyses) if analyses else "none recorded in this output folder") + ".",
+        ("Attempted without any result (see the reports' errors): " + ", ".join(failed_only) + ".")
+        if failed_only else None,
+        f"Random seed: {_fmt(_seed(folder))}." if _seed(folder) is not None else None,
+    ])
+    methods.sections.append(("Overview", [intro]))
+    for analysis in analyses:
+        flat = flatten(recorded.get(analysis, {}))
+        methods.parameters[analysis] = flat
+        extra = {k: v for k, v in sidecar_params.get(analysis, {}).items()
+                 if not any((f == k or f.endswith("." + k)) and _fmt(flat[f]) == _fmt(v) for f in flat)}
+        methods.sidecar_parameters[analysis] = extra
+        lookup = _Lookup({**extra, **flat})
+        if analysis == "structural":
+            paras = _structural_text(lookup, design, analysis in group)
+        elif analysis == "connectivity":
+            paras = _connectivity_text(lookup, analysis in group)
+        else:
+            paras = _spectroscopy_text(lookup, design, analysis in group,
+                                       group_descriptions(folder, "spectroscopy", r"lmm|model"))
+        methods.sections.append((_TEXTS[analysis], paras))
+    text = " ".join(p for _, paras in methods.sections for p in paras)
+    for key in REFERENCES:
+        if f"[{key}" in text or re.search(rf"[\[,] ?{key}[\],]", text):
+            if key not in cited:
+                cited.append(key)
+    if "sklearn" not in cited and "structural" in analyses:
+        cited.append("sklearn")
+    methods.references = cited
+    return methods
+
+
+def _seed(folder: OutputFolder) -> Any:
+    for run in reversed(folder.runs):
+        seed = (run.data.get("config") or {}).get("random_seed")
+        if seed is not None:
+            return seed
+    return None
+
+
+def _numbered(methods: Methods) -> dict[str, int]:
+    return {key: i + 1 for i, key in enumerate(methods.references)}
+
+
+def _cite(text: str, numbers: dict[str, int]) -> str:
+    def replace(match: re.Match) -> str:
+        keys = [k.strip() for k in match.group(1).split(",")]
+        if not all(k in numbers for k in keys):
+            return match.group(0)
+        return "[" + ", ".join(str(numbers[k]) for k in keys) + "]"
+
+    return re.sub(r"\[([a-z0-9_, ]+)\]", replace, text)
+
+
+def methods_markdown(methods: Methods) -> str:
+    """The boilerplate as Markdown (methods.md), numbered citations and a reference list."""
+    numbers = _numbered(methods)
+    lines = ["# Methods", "",
+             "*Generated by bids_ketamine from the parameters this run recorded; paste and adapt. "
+             "Numbers in brackets refer to the reference list.*", ""]
+    for title, paras in methods.sections:
+        lines += [f"## {title}", ""]
+        for para in paras:
+            lines += [_cite(para, numbers), ""]
+    lines += ["## Parameters of this run", ""]
+    for analysis in methods.analyses:
+        lines += [f"### {analysis}", ""]
+        params = methods.parameters.get(analysis, {})
+        if not params:
+            lines += ["(no parameters recorded for this analysis)", ""]
+        lines += [f"- `{k}` = `{_fmt(v)}`" for k, v in sorted(params.items())]
+        extra = methods.sidecar_parameters.get(analysis, {})
+        if extra:
+            lines += ["", "Recorded in the outputs' sidecars:", ""]
+            lines += [f"- `{k}` = `{_fmt(v)}`" for k, v in sorted(extra.items())]
+        lines.append("")
+    lines += ["## Software", ""]
+    if methods.software_note:
+        lines += [methods.software_note, ""]
+    lines += [f"- {k} {v}" for k, v in methods.software.items()]
+    lines += ["", "## References", ""]
+    lines += [f"{numbers[k]}. {REFERENCES[k]}" for k in methods.references]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def methods_html(methods: Methods) -> Markup:
+    """The same boilerplate as HTML for the reports (escaped text, no external resource)."""
+    numbers = _numbered(methods)
+    out = ["<p class='muted'>Generated from the parameters this run recorded; also written as "
+           "<code>methods.md</code> beside this report.</p>"]
+    for title, paras in methods.sections:
+        out.append(f"<h3>{html.escape(title)}</h3>")
+        out += [f"<p>{html.escape(_cite(p, numbers))}</p>" for p in paras]
+    out.append("<h3>Parameters of this run</h3>")
+    for analysis in methods.analyses:
+        params = methods.parameters.get(analysis, {})
+        extra = methods.sidecar_parameters.get(analysis, {})
+        items = "".join(f"<li><code>{html.escape(k)}</code> = <code>{html.escape(_fmt(v))}</code></li>"
+                        for k, v in sorted({**extra, **params}.items()))
+        out.append(f"<details><summary>{html.escape(analysis)} ({len(params) + len(extra)} parameters)</summary>"
+                   f"<ul>{items or '<li>none recorded</li>'}</ul></details>")
+    out.append("<h3>Software</h3>")
+    if methods.software_note:
+        out.append(f"<p class='muted'>{html.escape(methods.software_note)}</p>")
+    out.append("<ul>" + "".join(f"<li>{html.escape(k)} {html.escape(str(v))}</li>"
+                                for k, v in methods.software.items()) + "</ul>")
+    out.append("<h3>References</h3><ol>" + "".join(f"<li>{html.escape(REFERENCES[k])}</li>"
+                                                   for k in methods.references) + "</ol>")
+    return Markup("\n".join(out))
+
+
+def write_methods(output_dir: str | Path, methods: Methods | None = None) -> Path:
+    """Write ``methods.md`` beside the reports (atomically: parallel participant jobs may call this too)."""
+    from bids_ketamine.io.derivatives import atomic_write_text
+
+    methods = methods or build_methods(output_dir)
+    path = Path(output_dir) / "methods.md"
+    atomic_write_text(path, methods_markdown(methods))
+    return path
