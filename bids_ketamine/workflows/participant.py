@@ -56,6 +56,31 @@ def run_one(state_file: str, subject: str, analysis: str) -> dict[str, Any]:
     return status
 
 
+def quiet_nipype(work: Path, verbose: int) -> None:
+    """Keep nipype's per-node messages out of the log unless -vv: our own log says what runs and how it ended.
+
+    A config file in the work folder (``NIPYPE_CONFIG_DIR``) carries the levels to the worker processes too.
+    """
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = "INFO" if verbose >= 2 else "WARNING"
+    settings = {"execution": {"crashfile_format": "txt", "remove_unnecessary_outputs": "false",
+                              "check_version": "false"},
+                "logging": {"workflow_level": level, "interface_level": level, "utils_level": level},
+                "monitoring": {"enabled": "false"}}
+    config_dir = work / "nipype_config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in values.items())
+    (config_dir / "nipype.cfg").write_text("\n".join(lines) + "\n")
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    nipype_config.update_config(settings)
+    nipype_logging.update_logging(nipype_config)
+
+
 def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir: Path):
     """A workflow with one ``RunAnalysis`` node per (subject, analysis)."""
     from nipype.pipeline import engine as pe
@@ -88,11 +113,7 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
             if cfg.stop_on_first_crash and not status["ok"]:
                 break
         return statuses
-    from nipype import config as nipype_config
-
-    nipype_config.update_config({"execution": {"crashfile_format": "txt", "remove_unnecessary_outputs": False,
-                                               "check_version": False},
-                                 "monitoring": {"enabled": False}})
+    quiet_nipype(work, cfg.verbose)
     wf = init_participant_wf(state_file, jobs, work)
     # forkserver: worker processes must not inherit the parent's threads and locks (fork after threads deadlocks)
     plugin, plugin_args = "MultiProc", {"n_procs": cfg.nprocs, "raise_insufficient": False,
