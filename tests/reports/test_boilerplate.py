@@ -39,6 +39,11 @@ def _run_folder(root: Path, *, analyses=("structural", "connectivity", "spectros
     if group:
         record_run(SimpleNamespace(level="group", output_dir=out, as_record=lambda: record), writer,
                    {"group": {a: {"ok": True, "outputs": []} for a in analyses}, **extra})
+    if software is None:  # a record from a version that did not list package versions
+        for path in (out / "logs").glob("run-*.json"):
+            data = json.loads(path.read_text())
+            data.pop("software", None)
+            path.write_text(json.dumps(data))
     return out
 
 
