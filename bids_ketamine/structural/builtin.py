@@ -63,13 +63,31 @@ def _affine_det(transform_path: str) -> float:
     return float(np.linalg.det(np.asarray(tx.parameters[:9], dtype=float).reshape(3, 3)))
 
 
-def run_builtin_pipeline(t1w_path: str | Path, *, work_dir: str | Path, seed: int, resolution_mm: float = 2.0,
-                         work_resolution_mm: float = 2.0, syn_iterations: tuple[int, ...] = (40, 20, 0),
-                         prior_weight: float = 0.25, n_threads: int = 1) -> BuiltinResult:
+def run_builtin_pipeline(t1w_path: str | Path, *, work_dir: str | Path, seed: int, **options) -> BuiltinResult:
     """Raw T1w -> modulated GM in MNI152 (nilearn) space, with native GM/WM/CSF volumes and TIV.
 
-    Deterministic for a fixed ``seed`` and thread count (ANTs' random sampling is seeded).
+    Deterministic for a fixed ``seed`` and thread count (ANTs' random sampling is seeded). antspy writes temporary
+    images (Atropos probabilities) with ``tempfile.mktemp``; they go to a folder of the work dir that is removed
+    afterwards, so nothing is left in the system's /tmp.
     """
+    import shutil
+    import tempfile
+
+    work_dir = Path(work_dir)
+    scratch = work_dir / "ants_tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
+    try:
+        return _run_builtin_pipeline(t1w_path, work_dir=work_dir, seed=seed, **options)
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, resolution_mm: float = 2.0,
+                          work_resolution_mm: float = 2.0, syn_iterations: tuple[int, ...] = (40, 20, 0),
+                          prior_weight: float = 0.25, n_threads: int = 1) -> BuiltinResult:
     import ants
     import nibabel as nib
     from nilearn import datasets

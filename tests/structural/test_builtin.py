@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -64,3 +65,29 @@ def test_builtin_volumes_are_physiological(builtin_outputs):
         qc = out / f"sub-{sub}/figures/sub-{sub}_space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.png"
         assert qc.stat().st_size > 10_000
     print("seconds per subject:", seconds)
+
+
+def test_builtin_pipeline_leaves_no_temporary_files_outside_its_work_dir():
+    """antspy's Atropos writes probability images with tempfile.mktemp: they must land in the work dir's scratch."""
+    import tempfile as _tempfile
+
+    from bids_ketamine.structural import builtin
+
+    seen = {}
+
+    def fake(t1w_path, *, work_dir, seed, **options):
+        seen["tempdir"] = _tempfile.gettempdir()
+        (Path(seen["tempdir"]) / "antsrXXprob01.nii.gz").write_bytes(b"")
+        raise RuntimeError("stop after the check")
+
+    original = builtin._run_builtin_pipeline
+    builtin._run_builtin_pipeline = fake
+    try:
+        work = Path(_tempfile.mkdtemp())
+        with pytest.raises(RuntimeError):
+            builtin.run_builtin_pipeline("unused.nii.gz", work_dir=work, seed=1)
+    finally:
+        builtin._run_builtin_pipeline = original
+    assert Path(seen["tempdir"]) == work / "ants_tmp"
+    assert not (work / "ants_tmp").exists()
+    assert _tempfile.gettempdir() != seen["tempdir"]
