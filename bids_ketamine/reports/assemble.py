@@ -184,5 +184,16 @@ def status_of(*, has_outputs: bool, failure: str | None, skip_reason: str | None
     return "ok", ""
 
 
+def finish_section(section, blocks: list[Block], *, failure: str | None, skip_reason: str | None,
+                   missing: list[str]) -> None:
+    """Give a section its blocks, its status sentence and, when it has outputs, the list of what is missing."""
+    has = any(b.kind in ("gallery", "table", "images", "pre") for b in blocks)
+    section.status, section.reason = status_of(has_outputs=has, failure=failure, skip_reason=skip_reason,
+                                               missing=missing)
+    section.blocks = blocks
+    if has and missing:
+        section.blocks.append(missing_block(missing))
+
+
 def missing_block(missing: list[str]) -> Block:
     return Block("list", "Expected items this run did not produce", body=missing, extra={"css": "missing"})

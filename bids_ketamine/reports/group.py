@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.errors import MissingInputError
-from bids_ketamine.reports.assemble import Section, analysis_blocks, missing_block, sort_outputs, status_of
+from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_section, sort_outputs
 from bids_ketamine.reports.boilerplate import build_methods, methods_html, write_methods
 from bids_ketamine.reports.collect import ANALYSIS_NAMES, OutputFolder, exclusion_notes
 from bids_ketamine.reports.render import Block, SizeBudget, render_page
@@ -102,12 +102,7 @@ def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, me
                       else "not selected in the group run (--analyses)")
         else:
             reason = None
-        has = any(b.kind in ("gallery", "table", "images", "pre") for b in blocks)
-        section.status, section.reason = status_of(has_outputs=has, failure=failure, skip_reason=reason,
-                                                   missing=missing)
-        section.blocks = blocks
-        if has and missing:
-            section.blocks.append(missing_block(missing))
+        finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
 
     errors = next(s for s in sections if s.id == "errors")
     group_failures = [f"group {a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')}, {s.get('run')})"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.errors import MissingInputError
-from bids_ketamine.reports.assemble import Section, analysis_blocks, missing_block, sort_outputs, status_of
+from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_section, sort_outputs
 from bids_ketamine.reports.boilerplate import build_methods, methods_html
 from bids_ketamine.reports.collect import OutputFolder
 from bids_ketamine.reports.render import Block, SizeBudget, render_page, table_block
@@ -69,12 +69,7 @@ def participant_sections(folder: OutputFolder, subject: str, *, budget: SizeBudg
         reason = skip.get(analysis)
         if reason is None and selected is not None and analysis not in selected and not files_of:
             reason = "not selected in this run (--analyses)"
-        has = any(b.kind in ("gallery", "table", "images", "pre") for b in blocks)
-        section.status, section.reason = status_of(has_outputs=has, failure=failure, skip_reason=reason,
-                                                   missing=missing)
-        section.blocks = blocks
-        if has and missing:
-            section.blocks.append(missing_block(missing))
+        finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
         sections.append(section)
 
     errors = next(s for s in sections if s.id == "errors")
