@@ -20,3 +20,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} is absent (installed from the wheel?)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> tuple[Path, int]:
+    """The demo (small size, seed 5) run once per session through the CLI: ``(root, exit code)``.
+
+    ``root/bids`` is the synthetic study and ``root/outputs`` both levels' outputs. Shared by the foundation, report
+    and scale-out tests: a test that changes files there must leave them as it found them (or work on a copy).
+    """
+    from bids_ketamine.cli.run import main
+
+    root = tmp_path_factory.mktemp("demo")
+    code = main(["demo", str(root), "--size", "small", "--random-seed", "5"])
+    return root, code

@@ -10,10 +10,8 @@ from bids_ketamine.cli.run import main
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    code = main(["demo", str(root), "--size", "small", "--random-seed", "5"])
-    return root, code
+def demo(small_demo):
+    return small_demo
 
 
 def test_demo_finishes(demo, capsys):
