@@ -15,7 +15,6 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 
 from bids_ketamine.structural.metrics import balanced_accuracy, permutation_p, roc_auc  # noqa: E402
 from bids_ketamine.structural.params import StructuralParams  # noqa: E402

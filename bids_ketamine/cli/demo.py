@@ -9,7 +9,6 @@ import importlib.util
 import json
 import sys
 import time
-from pathlib import Path
 
 from bids_ketamine.errors import EXIT_OK, EXIT_USAGE
 

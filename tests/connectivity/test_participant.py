@@ -4,7 +4,6 @@ planted, session exclusion reported, and bad input refused with a clear message 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
