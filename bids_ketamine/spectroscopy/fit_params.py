@@ -82,7 +82,8 @@ class FitParams(BaseModel):
     )
     max_nfev: int = Field(200, ge=5, description="Cap on model evaluations of the nonlinear refinement.")
     snr_peak_ppm: tuple[float, float] = Field(
-        (1.9, 2.1), description="Window (ppm) whose maximum of the real fitted spectrum is the SNR signal (NAA)."
+        (1.9, 2.1), description="Window (ppm) of the SNR signal: the height of the fitted NAA singlet (the "
+        "whole fitted metabolite spectrum where the basis has no NAA)."
     )
     noise_ppm: tuple[float, float] | None = Field(
         None,

@@ -62,29 +62,33 @@ MC_TARGETS = ["NAA", "tCr", "tCho", "mI", "Glu", "Glx", "Gln", "GABA", "GSH"]
 
 @pytest.fixture(scope="module")
 def monte_carlo(challenge_basis):
-    """40 spectra with random concentrations, line widths 3-10 Hz, shifts, phases, MM and SNR 50-100:
-    relative absolute errors and relative CRLBs per target."""
+    """100 spectra with random concentrations, NAA line widths (FWHM) 3-10 Hz, shifts, phases, SNR 50-100 (NAA
+    singlet height / noise SD, the consensus definition) and as much macromolecule signal as the challenge spectra
+    carry: relative absolute errors, relative CRLBs, and reported over planted SNR."""
     rng = np.random.default_rng(2024)
     errors = {t: [] for t in MC_TARGETS}
     crlbs = {t: [] for t in MC_TARGETS}
-    for _ in range(40):
-        sim = simulate_spectrum(challenge_basis, rng, snr=rng.uniform(50, 100))
+    snr_ratio = []
+    for _ in range(100):
+        snr = rng.uniform(50, 100)
+        sim = simulate_spectrum(challenge_basis, rng, snr=snr)
         res = fit_spectrum(sim.fid, DWELL, CF, challenge_basis)
+        snr_ratio.append(res.snr / snr)
         for t in MC_TARGETS:
             members = res.sums[t] if t in res.sums else (challenge_basis.names[challenge_basis.index(t)],)
             true = sum(sim.concentrations[m] for m in members)
             errors[t].append(abs(res.concentration(t) - true) / true)
             crlbs[t].append(res.crlb(t) / true)
     return ({t: float(np.median(errors[t])) for t in MC_TARGETS},
-            {t: float(np.median(crlbs[t])) for t in MC_TARGETS})
+            {t: float(np.median(crlbs[t])) for t in MC_TARGETS}, float(np.median(snr_ratio)))
 
 
 @pytest.mark.realdata
 def test_monte_carlo_recovery_at_snr_50_to_100(monte_carlo):
-    med, crlb = monte_carlo
+    med, crlb, _ = monte_carlo
     for t in ["NAA", "tCr", "tCho", "mI", "Glu", "Glx"]:
         assert med[t] <= 0.05, (t, med[t])
-    for t in ["Gln", "GSH"]:
+    for t in ["Gln", "GABA", "GSH"]:
         assert med[t] <= 0.15, (t, med[t])
     # Every metabolite's error is what its CRLB predicts (median |N(0, s)| = 0.674 s) or better: the fit is
     # efficient, so where it misses a threshold the information is not in the data.
@@ -93,11 +97,23 @@ def test_monte_carlo_recovery_at_snr_50_to_100(monte_carlo):
 
 
 @pytest.mark.realdata
-@pytest.mark.xfail(strict=True, reason="GABA at 3T without editing: its CRLB is ~40 % at SNR 50-100 (NAA height / "
-                   "noise SD), so a median error <= 15 % is beyond the information in the data")
-def test_monte_carlo_gaba_within_15_percent(monte_carlo):
-    med, _ = monte_carlo
-    assert med["GABA"] <= 0.15
+def test_reported_snr_is_the_planted_naa_singlet_snr(monte_carlo):
+    """The SNR the fit reports is the one the acceptance speaks of: NAA singlet height over the noise SD."""
+    assert monte_carlo[2] == pytest.approx(1.0, abs=0.05)
+
+
+def test_simulated_line_width_is_the_spectrum_fwhm(challenge_basis):
+    """The 3-10 Hz of the acceptance are line widths as reported (NAA FWHM, basis width included)."""
+    from bids_ketamine.spectroscopy.fit_simulation import singlet_fwhm_hz
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        sim = simulate_spectrum(challenge_basis, rng, snr=1e9)
+        assert 3.0 <= sim.fwhm_hz <= 10.0
+        assert singlet_fwhm_hz(challenge_basis, sim.lorentzian_hz, sim.gaussian_hz) == pytest.approx(sim.fwhm_hz,
+                                                                                                     abs=0.01)
+        res = fit_spectrum(sim.fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+        assert res.fwhm_hz == pytest.approx(sim.fwhm_hz, abs=0.1)
 
 
 @pytest.mark.realdata
@@ -146,7 +162,10 @@ def test_all_28_challenge_spectra_fit(shared_data, challenge_basis):
         assert res.extras["lipids"] == (i >= 25), sub
         assert res.conjugated, sub  # the challenge data keep LCModel's sign convention
         assert np.all(np.isfinite(res.concentrations)) and np.all(res.concentrations >= 0), sub
-        assert np.isfinite(res.crlb("NAA")) and res.snr > 5, sub
+        # SNR is the NAA singlet's: high in the brain-like spectra, low where NAA is nearly absent (25-28)
+        assert np.isfinite(res.crlb("NAA")) and np.isfinite(res.snr) and res.snr >= 0, sub
+        if i <= 24:
+            assert res.snr > 5, sub
         # The model explains the spectrum: residual small against the data.
         assert np.linalg.norm(res.residual) < 0.25 * np.linalg.norm(res.data), sub
         if i <= 24:  # 25-28 are tumour-like spectra with little NAA and large lipid/lactate signals
@@ -188,17 +207,22 @@ def test_unknown_component_in_params_is_a_usage_error():
 @pytest.mark.realdata
 def test_residual_water_inside_the_window_is_modelled(challenge_basis):
     rng = np.random.default_rng(21)
-    sim = simulate_spectrum(challenge_basis, rng, snr=80, max_phase_deg=0, max_tau=0)
+    # SNR 80 of the whole 2 ppm peak (NAA, NAAG and MM; about 47 of the NAA singlet), as the test was designed
+    sim = simulate_spectrum(challenge_basis, rng, snr=80, max_phase_deg=0, max_tau=0, snr_signal="spectrum")
     t = challenge_basis.time_axis()
     water = 3000.0 * np.exp((2j * np.pi * (4.16 - 4.65) * CF - np.pi * 8.0) * t)  # ~ 10 x the NAA peak
     res = fit_spectrum(sim.fid + water, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
     assert res.extras["water_lines"] > 0
+    clean = fit_spectrum(sim.fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
+    assert clean.extras["water_lines"] == 0
     for name in ("NAA", "tCr", "Glu"):
         members = res.sums[name] if name in res.sums else (name,)
         true = sum(sim.concentrations[m] for m in members)
-        assert res.concentration(name) == pytest.approx(true, rel=0.06), name
-    clean = fit_spectrum(sim.fid, DWELL, CF, challenge_basis, FitParams(conjugate="no"))
-    assert clean.extras["water_lines"] == 0
+        sd = clean.crlb(name)
+        # the water lines (they overlap creatine's CH2 at 3.93 ppm) move no estimate by more than its own CRLB, and
+        # the answer stays within the noise of the truth
+        assert abs(res.concentration(name) - clean.concentration(name)) <= sd, name
+        assert abs(res.concentration(name) - true) <= 3 * sd, name
 
 
 def test_fit_is_deterministic_and_reports_planted_singlets():
