@@ -174,6 +174,12 @@ def anat_inputs(raw_t1w: list, deriv: list, subject: str, derivatives: dict[str,
         xfm = _first(xfms)
     masks = [f for f in deriv if f.entities.get("suffix") == "mask" and f.entities.get("desc") == "brain"
              and not f.entities.get("space") and f.entities.get("extension") in (".nii", ".nii.gz")]
+    tissue = {}
+    for label in ("GM", "WM", "CSF"):
+        maps = [f for f in deriv if f.entities.get("suffix") == "probseg" and f.entities.get("label") == label
+                and not f.entities.get("space") and f.entities.get("extension") in (".nii", ".nii.gz")]
+        if maps:
+            tissue[label.lower()] = _first(maps)
     freesurfer = None
     for root in derivatives.values():
         if (root / f"sub-{subject}" / "stats" / "aseg.stats").exists():
@@ -182,6 +188,7 @@ def anat_inputs(raw_t1w: list, deriv: list, subject: str, derivatives: dict[str,
     return AnatInputs(
         t1w=tuple(sorted(Path(f.path) for f in raw_t1w)), gm_probseg_mni=gm, t1w_to_mni_xfm=xfm,
         brain_mask_t1w=_first(masks), mni_space=space, cat12_mwp1=cat12.get(subject), freesurfer_dir=freesurfer,
+        probseg_t1w=tissue if len(tissue) == 3 else {},
     )
 
 

@@ -27,6 +27,9 @@ class AnatInputs:
     cat12_mwp1: Path | None = None
     #: FreeSurfer subject directory (with ``stats/aseg.stats`` and ``stats/?h.aparc.stats``).
     freesurfer_dir: Path | None = None
+    #: sMRIPrep/fMRIPrep tissue probability maps in T1w space (``label-{GM,WM,CSF}_probseg`` without ``space-``),
+    #: keyed ``gm``/``wm``/``csf``: the tissue fractions of an MRS voxel. Empty when any of the three is missing.
+    probseg_t1w: dict[str, Path] = field(default_factory=dict)
     session: str | None = None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,26 @@ def small_demo(tmp_path_factory) -> tuple[Path, int]:
     root = tmp_path_factory.mktemp("demo")
     code = main(["demo", str(root), "--size", "small", "--random-seed", "5"])
     return root, code
+
+
+@contextmanager
+def _bids_ketamine_log() -> Iterator[list[str]]:
+    """Messages of the ``bids_ketamine`` logger at INFO (whatever handlers and levels an earlier CLI run set)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("bids_ketamine")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@pytest.fixture
+def bids_ketamine_log():
+    """``with bids_ketamine_log() as records:`` collects the ``bids_ketamine`` logger's INFO messages."""
+    return _bids_ketamine_log

@@ -182,42 +182,18 @@ def time_course(df: pd.DataFrame, outcome: str) -> pd.DataFrame:
     return out
 
 
-def time_course_figure(tc: pd.DataFrame, outcome: str):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    sexes = [s for s in ("F", "M") if s in set(tc["sex"].dropna())] or [None]
-    fig, axes = plt.subplots(1, len(sexes) + 1, figsize=(4 * (len(sexes) + 1), 3.2), sharey=True, squeeze=False)
-    panels = [("all", tc)] + [(f"sex {s}", tc[tc["sex"] == s]) for s in sexes if s is not None]
-    for ax, (title, part) in zip(axes[0], panels):
-        for pre, sub in part.groupby("pretreatment"):
-            agg = sub.groupby("block").apply(
-                lambda x: pd.Series({"t": np.average(x["time_min"], weights=x["n"]),
-                                     "m": np.average(x["mean"], weights=x["n"]),
-                                     "s": np.sqrt(np.nansum((x["sem"] * x["n"]) ** 2)) / x["n"].sum()}),
-                include_groups=False)
-            ax.errorbar(agg["t"], agg["m"], yerr=agg["s"], marker="o", capsize=2, label=str(pre))
-        ax.axvline(0, color="0.5", ls="--", lw=0.8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("minutes from infusion onset")
-    axes[0, 0].set_ylabel(outcome)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.DataFrame, params, design, writer,
               work_dir: Path, seed: int, n_jobs: int = 1) -> list[Path]:
     """Fit the mixed models for Glx/tNAA and every metabolite / tNAA, and MADRS; write tables and figures."""
+    from bids_ketamine.spectroscopy.figures import group_timecourse_figure, madrs_change_figure
+
     fits = read_fit_tables(output_dir)
     outputs: list[Path] = []
     metabolites = params.group_metabolites
     if metabolites is None:
         present = [m for m in fits["metabolite"].unique() if m not in ("tNAA",)]
         metabolites = ("Glx", *sorted(m for m in present if m != "Glx"))
-    coef_tables, courses = [], []
+    coef_tables, courses, frames = [], [], []
     for met in metabolites:
         long = ratio_long(fits, met, "tNAA")
         if long.empty:
@@ -225,6 +201,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
         frame = model_frame(long, participants, sessions)
         outcome = f"{met}/tNAA"
         courses.append(time_course(frame, outcome))
+        frames.append((frame, outcome))
         in_model = frame[(frame["block_time_min"] >= params.model_from_minute) & frame["qc_pass"]]
         if in_model["block_time_min"].nunique() < 2 or in_model["participant_id"].nunique() < 2:
             LOG.warning("spectroscopy group: %s has too few blocks or subjects for the time model", outcome)
@@ -233,6 +210,26 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
             coef_tables.append(fit_mixed_model(in_model, outcome, time_col="block_time_min"))
         except (np.linalg.LinAlgError, ValueError) as exc:
             LOG.warning("spectroscopy group: the mixed model of %s failed (%s)", outcome, exc)
+    mad = madrs_long(sessions)
+    madrs_table = None
+    if not mad.empty and mad["participant_id"].nunique() > 1:
+        frame = model_frame(mad.assign(block_time_min=mad["time"]), participants, sessions)
+        frame = frame.drop(columns=["sex_c"])  # the MADRS model of the paper has no sex terms
+        try:
+            madrs_table = fit_mixed_model(frame, "MADRS", time_col="time", session_vc=False)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            LOG.warning("spectroscopy group: the MADRS model failed (%s)", exc)
+    figures = []  # every figure is drawn before anything is written: a plotting failure leaves no partial outputs
+    if params.figures and frames:
+        frame, outcome = frames[0]
+        if frame["qc_pass"].astype(bool).any():
+            # named after the metabolite drawn (the first of group_metabolites; Glx by default)
+            label = "".join(ch for ch in outcome.split("/")[0] if ch.isalnum()).lower()
+            figures.append((group_timecourse_figure(frame, outcome), f"{label}timecourse"))
+        else:
+            LOG.warning("spectroscopy group: no %s block passed QC; no time-course figure", outcome)
+    if params.figures and not mad.empty and mad["pretreatment"].notna().any():
+        figures.append((madrs_change_figure(mad), "madrschange"))
     sources = sorted(Path(output_dir).glob("sub-*/**/*_mrsfit.tsv"))
     model_doc = ("MixedLM (REML): value ~ time * pretreatment * sex + period, random intercept per subject and "
                  "variance component per session; time = minutes since infusion onset (block mean), pretreatment "
@@ -252,21 +249,12 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
         outputs.append(writer.write_table(tc, entities={"desc": "fmrstimecourse"}, suffix="stats", columns=tc_cols,
                                           sources=sources, datatype="spectroscopy",
                                           description="Group time courses of each ratio by pretreatment and sex."))
-        if params.figures:
-            first = tc[tc["outcome"] == tc["outcome"].iloc[0]]
-            outputs.append(writer.write_figure(time_course_figure(first, first["outcome"].iloc[0]),
-                                               entities={"desc": "glxtimecourse"}, suffix="mrs"))
-    mad = madrs_long(sessions)
-    if not mad.empty and mad["participant_id"].nunique() > 1:
-        frame = model_frame(mad.assign(block_time_min=mad["time"]), participants, sessions)
-        frame = frame.drop(columns=["sex_c"])  # the MADRS model of the paper has no sex terms
-        try:
-            table = fit_mixed_model(frame, "MADRS", time_col="time", session_vc=False)
-            outputs.append(writer.write_table(
-                table, entities={"desc": "madrslmm"}, suffix="stats", columns=STATS_COLUMNS,
-                datatype="spectroscopy",
-                description="MixedLM: MADRS ~ time (0 = before, 1 = 24 h) * pretreatment + period, random intercept "
-                            "per subject; pretreatment_x_time = extra change of the score after naltrexone."))
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            LOG.warning("spectroscopy group: the MADRS model failed (%s)", exc)
+    if madrs_table is not None:
+        outputs.append(writer.write_table(
+            madrs_table, entities={"desc": "madrslmm"}, suffix="stats", columns=STATS_COLUMNS,
+            datatype="spectroscopy",
+            description="MixedLM: MADRS ~ time (0 = before, 1 = 24 h) * pretreatment + period, random intercept "
+                        "per subject; pretreatment_x_time = extra change of the score after naltrexone."))
+    for fig, desc in figures:
+        outputs.append(writer.write_figure(fig, entities={"desc": desc}, suffix="mrs"))
     return outputs

@@ -53,8 +53,8 @@ class SpectroscopyParams(BaseModel):
                                 "(acq-quant preferred, else the plain mrsref) is present.")
     quant: QuantParams = QuantParams()
     tissue_fractions: TissueFractions | None = Field(
-        None, description="GM/WM/CSF volume fractions of the voxel; None = the stated defaults of quantify.py, "
-        "with a warning (voxel segmentation from the T1w is not wired yet).")
+        None, description="GM/WM/CSF volume fractions of the voxel; None = measured in the voxel from the T1w-space "
+        "GM/WM/CSF probsegs (fMRIPrep/sMRIPrep) when present, else the stated defaults of quantify.py with a warning.")
     ratio_denominators: tuple[str, ...] = Field(("tCr", "tNAA"), description="Ratios reported in the table.")
     max_crlb_percent: float = Field(50.0, gt=0, description="QC: concentrations with a larger CRLB % are flagged.")
     group_metabolites: tuple[str, ...] | None = Field(

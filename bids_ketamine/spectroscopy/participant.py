@@ -43,7 +43,7 @@ TABLE_COLUMNS = {
     "molar_mM": {"Description": "Water-scaled concentration per litre of voxel; n/a without a water reference.",
                  "Units": "mmol/l"},
     "molar_crlb_mM": {"Description": "CRLB of molar_mM.", "Units": "mmol/l"},
-    "snr": "Signal-to-noise ratio of the spectrum (NAA peak height / noise SD).",
+    "snr": "Signal-to-noise ratio: height of the fitted NAA singlet / noise SD (MRSinMRS).",
     "fwhm_hz": {"Description": "Linewidth (FWHM) of the fitted singlets.", "Units": "Hz"},
     "qc_pass": "True when the CRLB % is finite and below max_crlb_percent.",
 }
@@ -57,7 +57,10 @@ def plan(inputs: ParticipantInputs, params: SpectroscopyParams) -> tuple[bool, s
     for acq in inputs.mrs:
         refs = ", ".join(sorted(acq.references)) or "no reference (no eddy-current correction or water weights)"
         timing = "fMRS blocks from events.tsv" if (acq.events and params.blocks) else "one average"
-        parts.append(f"{acq.svs.name} [{refs}; {timing}]")
+        tissue = ("" if not (params.water_scaling and acq.references) else
+                  "; tissue fractions " + ("configured" if params.tissue_fractions is not None else
+                                           "from the T1w segmentation" if inputs.anat.probseg_t1w else "default"))
+        parts.append(f"{acq.svs.name} [{refs}; {timing}{tissue}]")
     return True, "; ".join(parts)
 
 
@@ -212,14 +215,28 @@ def segmentation_fractions(inputs: ParticipantInputs, acq: MrsAcquisition):
     return TissueFractions(**fractions, source="segmentation")
 
 
+def _voxel_fractions(inputs: ParticipantInputs, acq: MrsAcquisition, params: SpectroscopyParams):
+    """(fractions, why the defaults are used): the configured fractions, else the T1w segmentation's, else None."""
+    if params.tissue_fractions is not None:
+        return params.tissue_fractions, ""
+    try:
+        fr = segmentation_fractions(inputs, acq)
+    except BadDataError as exc:  # e.g. the voxel lies outside this T1w: quantify with the defaults, say why
+        return None, f"the T1w segmentation cannot be used ({exc.problem})"
+    return fr, "" if fr is not None else "no T1w-space tissue segmentation (GM/WM/CSF probseg) for the voxel"
+
+
 def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, design, writer, work_dir: Path,
                     seed: int, n_procs: int = 1) -> list[Path]:
     """Preprocess and fit every acquisition of one participant; write tables and figures with ``writer``."""
+    from bids_ketamine.progress import progress, step
+    from bids_ketamine.spectroscopy.figures import participant_timecourse_figure, ratio_with_crlb, \
+        voxel_figure_from_files
     from bids_ketamine.spectroscopy.fit import fit_spectrum
 
     if not inputs.mrs:
         raise BadDataError("no spectroscopy acquisition", fix="leave spectroscopy out for this participant")
-    outputs = []
+    outputs, all_tables = [], []
     for acq in inputs.mrs:
         data, pre, spectra = preprocess_acquisition(acq, params, design)
         basis = load_basis(params, data)
@@ -229,11 +246,16 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
 
             wfit = fit_water_reference(pre.water, data.dwell_time)
             water_area = wfit.area
-            fr = params.tissue_fractions or segmentation_fractions(inputs, acq)
+            fr, why_default = _voxel_fractions(inputs, acq, params)
+            from bids_ketamine.spectroscopy.quantify import DEFAULT_FRACTIONS
+
             quant_meta = {"WaterReferenceArea": water_area, "WaterLinewidthHz": wfit.lorentzian_hz,
-                          "TissueFractions": fr.model_dump() if fr is not None else "default (quantify.py)"}
+                          "TissueFractions": (fr or DEFAULT_FRACTIONS).model_dump()}
+            if fr is not None and fr.source == "segmentation":
+                quant_meta["TissueFractionsSources"] = [str(inputs.anat.probseg_t1w[k]) for k in ("gm", "wm", "csf")]
         tables, results, labels = [], [], []
-        for block, start, tmin, fid, n in spectra:
+        step(f"fitting {len(spectra)} spectra of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
+        for block, start, tmin, fid, n in progress(spectra, desc=f"sub-{inputs.subject} fMRS fits", unit="fits"):
             res = fit_spectrum(fid, data.dwell_time, data.spectrometer_frequency, basis, params.fit)
             water = None
             if water_area is not None:
@@ -247,8 +269,9 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
             labels.append(f"block {block} ({tmin:+.1f} min)" if np.isfinite(tmin) else "average")
             tables.append(fit_table(res, block=block, start=start, time_min=tmin, n=n, params=params, water=water))
         if water_area is not None and fr is None:
-            msg = (f"{acq.svs.name}: no tissue segmentation for the voxel; water scaling uses the default "
-                   "fractions of spectroscopy.quantify (set spectroscopy.tissue_fractions)")
+            msg = (f"{acq.svs.name}: {why_default}; water scaling uses the default fractions of "
+                   "spectroscopy.quantify (give fMRIPrep/sMRIPrep T1w-space label-GM/WM/CSF probsegs, or set "
+                   "spectroscopy.tissue_fractions)")
             LOG.warning(msg)
         table = pd.concat(tables, ignore_index=True)
         table.insert(0, "pretreatment", acq.pretreatment if acq.pretreatment else np.nan)
@@ -259,11 +282,32 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
         meta = {"CoilCombination": "weighted SVD", "Conjugated": pre.conjugated,
                 "TransientsRejected": int((~pre.keep).sum()), "Basis": dict(basis.metadata),
                 "BasisComponents": list(basis.names), **quant_meta}
+        figures = []  # built before anything of this acquisition is written
+        if params.figures:
+            figures.append((fit_figure(results, labels, acq.svs.name), "fit"))
+            voxel_fig, note = voxel_figure_from_files(acq.svs, inputs.anat.t1w, session=acq.session,
+                                                      title=acq.svs.name)
+            if voxel_fig is None:  # "Skipped" in the key: the report lists it with the participant's warnings
+                meta["VoxelFigureSkipped"] = note
+                LOG.info("sub-%s: %s: %s", inputs.subject, acq.svs.name, note)
+            else:
+                meta["VoxelFigure"] = note
+                figures.append((voxel_fig, "voxel"))
+            series = "_".join(f"{k}-{v}" for k, v in entities.items() if v and k != "sub") or acq.svs.name
+            all_tables.append(table.assign(series=series))
         outputs.append(writer.write_table(
             table, entities=entities, suffix="mrsfit", columns=TABLE_COLUMNS, sources=sources, datatype="mrs",
             description="Linear-combination fit of each (block-)averaged spectrum.",
             parameters=params.model_dump(mode="json"), metadata=meta))
-        if params.figures:
-            fig = fit_figure(results, labels, acq.svs.name)
-            outputs.append(writer.write_figure(fig, entities={**entities, "desc": "fit"}, suffix="mrs"))
+        for fig, desc in figures:
+            outputs.append(writer.write_figure(fig, entities={**entities, "desc": desc}, suffix="mrs"))
+    if params.figures:
+        timed = ratio_with_crlb(pd.concat(all_tables, ignore_index=True), "Glx", "tNAA")
+        if np.isfinite(timed["block_time_min"].astype(float)).any():
+            fig = participant_timecourse_figure(pd.concat(all_tables, ignore_index=True), "Glx", "tNAA")
+            outputs.append(writer.write_figure(fig, entities={"sub": inputs.subject, "desc": "glxtimecourse"},
+                                               suffix="mrs"))
+        else:
+            LOG.info("sub-%s: no Glx/tNAA time course figure: no timed fMRS block with Glx and tNAA",
+                     inputs.subject)
     return outputs

@@ -46,6 +46,10 @@ SHIFT_SD_MM = 3.0
 PROBSEG_NOISE_SD = 0.02
 T1W_NOISE_SD = 0.01
 SPACE = "MNI152NLin2009cAsym"
+#: Edge (mm) of the synthetic spectroscopy voxel, and its centre in MNI space: the pregenual anterior cingulate,
+#: the voxel of the fMRS study (about 2/3 grey matter, with white matter and the interhemispheric CSF).
+MRS_VOXEL_MM = 20.0
+MRS_VOXEL_MNI = (0.0, 42.0, 8.0)
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -64,6 +68,34 @@ def _templates(resolution_mm: int):
     labels = labels_on_grid(atlas.image, t1.shape, t1.affine)
     return (t1.get_fdata(dtype=np.float32), gm.get_fdata(dtype=np.float32), mask.get_fdata(dtype=np.float32) > 0.5,
             t1.affine.copy(), labels, atlas.labels.copy())
+
+
+@lru_cache(maxsize=2)
+def _tissue_templates(resolution_mm: int) -> dict[str, np.ndarray]:
+    """Template GM, WM and CSF probabilities on the MNI grid; CSF is the rest of the brain mask (nilearn ships no
+    CSF map), so the three add up to one inside the brain."""
+    from nilearn import datasets
+
+    _, gm, brain, _, _, _ = _templates(resolution_mm)
+    wm = datasets.load_mni152_wm_template(resolution=resolution_mm).get_fdata(dtype=np.float32)
+    gm, wm = np.clip(gm, 0, 1), np.clip(wm, 0, 1)
+    csf = np.where(brain, np.clip(1.0 - gm - wm, 0, 1), 0.0).astype(np.float32)
+    return {"gm": gm, "wm": wm, "csf": csf}
+
+
+def _subject_to_template_index(points: np.ndarray, matrix: np.ndarray, offset: np.ndarray, field: np.ndarray,
+                               field_affine: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Template voxel indices (3, n) of subject points (n, 3): inverts y = M (x + u(x)) + t by the fixed point
+    x = w - u(x), w = M^-1 (y - t)."""
+    from scipy.ndimage import map_coordinates
+
+    w = (points - offset) @ np.linalg.inv(matrix).T
+    field_inv = np.linalg.inv(field_affine[:3, :3])
+    x = w.copy()
+    for _ in range(4):
+        fidx = ((x - field_affine[:3, 3]) @ field_inv.T).T
+        x = w - np.stack([map_coordinates(field[..., i], fidx, order=1, mode="nearest") for i in range(3)], axis=1)
+    return ((x - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).T
 
 
 def planted_region_names(atlas_labels) -> dict[str, list[str]]:
@@ -178,8 +210,16 @@ def _write_itk_composite(path: Path, matrix_ras: np.ndarray, offset_ras: np.ndar
 
 
 def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, gm_effect: float,
-                         site_offset: float, seed: int, resolution_mm: float = 2.0) -> dict[str, Any]:
+                         site_offset: float, seed: int, resolution_mm: float = 2.0,
+                         mrs_voxel_mni: tuple[float, float, float] | None = None,
+                         mrs_voxel_mm: float = MRS_VOXEL_MM) -> dict[str, Any]:
     """Write ``sub-<subject>``'s raw T1w (+ JSON) and sMRIPrep-style anatomical derivatives; return the truth.
+
+    With ``mrs_voxel_mni`` (a spectroscopy voxel centre in MNI mm) it also writes sMRIPrep's T1w-space tissue
+    probability maps (``label-{GM,WM,CSF}_probseg``) and returns, under ``"mrs_voxel"``, the voxel in the subject's
+    scanner space (a cube of ``mrs_voxel_mm`` aligned with the head, as planned on the scanner) and its planted
+    tissue fractions, computed on the template through the planted map from points spread inside the voxel (not
+    from the written maps).
 
     The truth dict names the planted regions (atlas names of the default atlas), the fraction per unit score, and
     for this subject the expected fractional GM change of each planted region relative to the same subject with
@@ -266,6 +306,17 @@ def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, 
     _gz_nifti(np.round(probseg * 255).astype(np.uint8), affine, files["gm_probseg_mni"], dtype=np.uint8,
               scale=1 / 255)
     _write_itk_composite(files["t1w_to_mni_xfm"], matrix, offset, field, field_affine)
+    voxel = None
+    if mrs_voxel_mni is not None:
+        tissue = _tissue_templates(res)
+        for name, prob in tissue.items():  # the template tissue maps pulled into T1w space, as the T1w itself
+            mapped = map_coordinates(prob, tidx, order=1, mode="constant", cval=0.0, output=np.float32)
+            path = anat_der / f"{sub}_label-{name.upper()}_probseg.nii.gz"
+            _gz_nifti(np.round(np.clip(mapped, 0, 1) * 255).astype(np.uint8), affine, path, dtype=np.uint8,
+                      scale=1 / 255)
+            files[f"{name}_probseg_t1w"] = path
+        voxel = _planted_voxel(np.asarray(mrs_voxel_mni, float), mrs_voxel_mm, matrix, rot, offset, field,
+                               field_affine, affine, tissue)
 
     # ---- ground truth, from the planted map (not from reading the files back)
     planted_fine = _upsample2(planted, t1_tpl.shape)
@@ -288,4 +339,25 @@ def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, 
         "atlas": "default (Desikan-Killiany + cerebellum, bids_ketamine.atlas.load_default_atlas)",
         "resolution_mm": res,
         "files": {k: str(v) for k, v in files.items()},
+        **({"mrs_voxel": voxel} if voxel is not None else {}),
     }
+
+
+def _planted_voxel(centre_mni: np.ndarray, edge_mm: float, matrix: np.ndarray, rot: np.ndarray, offset: np.ndarray,
+                   field: np.ndarray, field_affine: np.ndarray, affine: np.ndarray,
+                   tissue: dict[str, np.ndarray], n_side: int = 24) -> dict[str, Any]:
+    """The voxel affine in the subject's scanner space and its tissue fractions from the template maps."""
+    from scipy.ndimage import map_coordinates
+
+    centre = matrix @ centre_mni + offset  # where the MNI point lies in the subject (the smooth field is small)
+    voxel_affine = np.eye(4)
+    voxel_affine[:3, :3] = rot @ np.diag([edge_mm] * 3)
+    voxel_affine[:3, 3] = centre
+    u = (np.arange(n_side) + 0.5) / n_side - 0.5  # n_side^3 points evenly inside the voxel (index space)
+    grid = np.stack(np.meshgrid(u, u, u, indexing="ij"), axis=-1).reshape(-1, 3)
+    points = grid @ voxel_affine[:3, :3].T + voxel_affine[:3, 3]
+    tidx = _subject_to_template_index(points, matrix, offset, field, field_affine, affine)
+    means = {k: float(map_coordinates(v, tidx, order=1, mode="constant", cval=0.0).mean()) for k, v in tissue.items()}
+    total = sum(means.values())
+    return {"affine": voxel_affine.tolist(), "fractions": {k: v / total for k, v in means.items()},
+            "centre_mni": [float(c) for c in centre_mni], "edge_mm": float(edge_mm)}

@@ -4,8 +4,9 @@ Each subject has one session per pretreatment (placebo, naltrexone). Spectra are
 simulated basis (3T PRESS, TE 30 ms), with per-subject line broadening, a slow frequency drift, phase noise per
 transient, an eddy-current phase shared with the water reference, complex coil sensitivities and white noise.
 Glx/tNAA is flat before the infusion onset and rises linearly after it; the slope is smaller after naltrexone and
-larger in men. Metabolite and water signals carry T1/T2 attenuation with the stated 3T relaxation times and default
-tissue fractions of :mod:`bids_ketamine.spectroscopy.quantify`, so water scaling returns the planted molar
+larger in men. Metabolite and water signals carry T1/T2 attenuation with the stated 3T relaxation times of
+:mod:`bids_ketamine.spectroscopy.quantify` and the voxel's tissue fractions (planted by :mod:`.anat` when the subject
+has a T1w, else the stated defaults), so water scaling with those fractions returns the planted molar
 concentrations; the Glx/tNAA time course is planted on the ratio of fitted amplitudes (what the group model reads).
 The returned ground truth states the planted coefficients in the units and coding of the group
 model (:mod:`bids_ketamine.spectroscopy.group`): Glx/tNAA per minute since infusion onset, pretreatment coded
@@ -52,21 +53,28 @@ def _write_gz(path: Path, data: bytes) -> None:
     path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
 
 
-def _nifti_bytes(fid: np.ndarray, dim_tags: tuple[str, ...], metadata: dict) -> bytes:
+def _nifti_bytes(fid: np.ndarray, dim_tags: tuple[str, ...], metadata: dict, affine: np.ndarray | None = None
+                 ) -> bytes:
     from bids_ketamine.spectroscopy.nifti_io import make_nifti_mrs
 
     img = make_nifti_mrs(fid, dwell_time=DWELL, spectrometer_frequency=SPECTROMETER_MHZ, dim_tags=dim_tags,
                          metadata=metadata)
+    if affine is not None:  # the voxel's position, size and orientation in scanner mm
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
     return img.to_bytes()
 
 
 def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessions: dict[str, str], *,
                                 seed: int, n_transients: int = 128, n_coils: int = 4,
-                                n_points: int = 2048) -> dict:
+                                n_points: int = 2048, voxels: dict[str, dict] | None = None) -> dict:
     """Write ``sub-X/ses-Y/mrs/`` svs, mrsref, events and sidecars; return the planted ground truth.
 
     ``subjects`` maps label -> sex (``F``/``M``); ``sessions`` maps session label -> pretreatment. The session
-    spans six blocks of 240 s (two before the infusion onset), so TR = 1440 s / ``n_transients``.
+    spans six blocks of 240 s (two before the infusion onset), so TR = 1440 s / ``n_transients``. ``voxels`` maps
+    a label to its voxel (``affine`` in scanner mm and tissue ``fractions``, as ``synthetic.anat`` plants them):
+    the NIfTI-MRS files carry that affine and the water reference that tissue mix; subjects without one get the
+    default fractions of :mod:`bids_ketamine.spectroscopy.quantify` and an identity affine.
     """
     from bids_ketamine.spectroscopy.simulate import simulate_basis
 
@@ -90,10 +98,14 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
     relax = np.array([r_met(n) for n in names])
     base_amp = np.array([BRAIN_MM.get(n, MM_AMPLITUDE.get(n, 0.0)) for n in names]) * relax  # fitted amplitudes
     content = QuantParams().water_content
-    fractions = {"gm": DEFAULT_FRACTIONS.gm, "wm": DEFAULT_FRACTIONS.wm, "csf": DEFAULT_FRACTIONS.csf}
-    water_amp = 2 * PURE_WATER_MM * sum(
-        fractions[k] * content[k] * attenuation(ECHO_TIME, tr, RELAXATION_3T.water_t1[k], RELAXATION_3T.water_t2[k])
-        for k in fractions)
+    default_fractions = {"gm": DEFAULT_FRACTIONS.gm, "wm": DEFAULT_FRACTIONS.wm, "csf": DEFAULT_FRACTIONS.csf}
+    voxels = voxels or {}
+
+    def water_amplitude(fractions: dict[str, float]) -> float:
+        """Water signal (basis units) of the voxel's tissue mix: 2 protons x visible water (Near et al. 2021)."""
+        return 2 * PURE_WATER_MM * sum(
+            fractions[k] * content[k] * attenuation(ECHO_TIME, tr, RELAXATION_3T.water_t1[k],
+                                                    RELAXATION_3T.water_t2[k]) for k in fractions)
     i_glu, i_gln = names.index("Glu"), names.index("Gln")
     tnaa = base_amp[names.index("NAA")] + base_amp[names.index("NAAG")]  # amplitude units
     glx0 = base_amp[i_glu] + base_amp[i_gln]
@@ -106,6 +118,9 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
         sex = subjects[label]
         if sex not in ("F", "M"):
             raise ValueError(f"sex of {label} must be 'F' or 'M', got {sex!r}")
+        voxel = voxels.get(label)
+        water_amp = water_amplitude(voxel["fractions"] if voxel else default_fractions)
+        voxel_affine = np.asarray(voxel["affine"], float) if voxel else None
         r_subject = rng.normal(0.0, 0.03)  # subject's baseline Glx/tNAA offset
         lor = rng.uniform(3.0, 5.0)  # Lorentzian FWHM (Hz)
         gau = rng.uniform(2.0, 4.0)  # Gaussian FWHM (Hz)
@@ -141,10 +156,10 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
             # NIfTI-MRS layout: time first, then DIM_COIL, DIM_DYN
             _write_gz(folder / f"{stem}_svs.nii.gz",
                       _nifti_bytes(np.transpose(data, (2, 0, 1)), ("DIM_COIL", "DIM_DYN"),
-                                   {"EchoTime": ECHO_TIME, "RepetitionTime": tr}))
+                                   {"EchoTime": ECHO_TIME, "RepetitionTime": tr}, voxel_affine))
             _write_gz(folder / f"{stem}_mrsref.nii.gz",
                       _nifti_bytes(np.transpose(ref, (2, 0, 1)), ("DIM_COIL", "DIM_DYN"),
-                                   {"EchoTime": ECHO_TIME, "RepetitionTime": tr}))
+                                   {"EchoTime": ECHO_TIME, "RepetitionTime": tr}, voxel_affine))
             for suffix, suppressed in (("svs", True), ("mrsref", False)):
                 meta = {**sidecar, "WaterSuppression": suppressed}
                 (folder / f"{stem}_{suffix}.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -165,8 +180,11 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
         "n_transients": n_transients,
         "basis": {"sequence": "PRESS", "echo_time": ECHO_TIME, "spectrometer_frequency": SPECTROMETER_MHZ},
         "concentrations_mM": BRAIN_MM,
-        "molar_concentrations_note": "water scaling with the default fractions and 3T relaxation times of "
-                                     "spectroscopy.quantify returns concentrations_mM (before the infusion for Glu, "
-                                     "Gln)",
+        "molar_concentrations_note": "water scaling with the voxel's tissue fractions (voxel_tissue_fractions; "
+                                     "the default fractions of spectroscopy.quantify for subjects without) and the "
+                                     "3T relaxation times of spectroscopy.quantify returns concentrations_mM "
+                                     "(before the infusion for Glu, Gln)",
+        "voxel_tissue_fractions": {label: dict(voxels[label]["fractions"]) if label in voxels else
+                                   dict(default_fractions) for label in sorted(subjects)},
         "sessions": truth_sessions,
     }

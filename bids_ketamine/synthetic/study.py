@@ -6,7 +6,8 @@
 - connectivity: healthy volunteers with placebo and ketamine resting BOLD whose delta-GBC maps carry a known number
   of individual-difference components;
 - spectroscopy: a naltrexone/placebo crossover with fMRS during the ketamine infusion, where Glx rises less after
-  naltrexone, and MADRS improves less.
+  naltrexone, and MADRS improves less; each subject has a T1w with sMRIPrep-style tissue maps, and the MRS voxel
+  sits in its pregenual anterior cingulate with the planted tissue fractions.
 Every planted effect is written to ``code/ground_truth.json``; the same seed gives byte-identical files.
 """
 
@@ -216,9 +217,20 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
             sess.sort(key=lambda r: r["session_id"])
             _write(root / f"sub-{label}" / f"sub-{label}_sessions.tsv",
                    _tsv(sess, ["session_id", "condition", "pretreatment", "period", "madrs_baseline", "madrs_24h"]))
+        # a T1w with sMRIPrep-style derivatives (T1w-space tissue maps included) per subject, and the MRS voxel in
+        # the pregenual ACC of that anatomy: the tissue fractions of the water scaling come from its segmentation
+        voxels: dict[str, dict] = {}
+        if "anat" in parts:
+            anat = importlib.import_module(PARTS["anat"])
+            for label in labels:
+                info = anat.write_synthetic_anat(root, fmriprep, label, gm_effect=0.0, site_offset=0.0,
+                                                 seed=derived_seed(seed, "anat", label),
+                                                 mrs_voxel_mni=anat.MRS_VOXEL_MNI)
+                voxels[label] = info["mrs_voxel"]
         truth["spectroscopy"] = mrs.write_synthetic_fmrs_cohort(root, sexes, sessions,
                                                                 seed=derived_seed(seed, "mrs"),
-                                                                n_transients=spec.n_transients)
+                                                                n_transients=spec.n_transients, voxels=voxels)
+        truth["spectroscopy"]["voxels"] = voxels
         truth["spectroscopy"]["madrs"] = madrs_truth
 
     columns = ["participant_id", "study", "site", "sex", "age", "arm", "cohort", "madrs_baseline", "madrs_24h"]
