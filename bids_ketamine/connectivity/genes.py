@@ -3,18 +3,29 @@
 Why surrogates: neighbouring parcels have similar values in smooth brain maps and in gene expression, so the number
 of independent observations is far smaller than the number of parcels, and a naive null that shuffles parcels
 (destroying that smoothness) gives p-values that are too small. The null here are surrogate maps with the brain
-map's spatial autocorrelation, made by variogram matching (Burt et al. 2020) with the brainsmash package from a
-Euclidean distance matrix between parcel centroids: over all parcels at once by default, or one set per hemisphere
-(``per_hemisphere``, the published choice; needs every parcel labelled L or R).
+map's spatial autocorrelation, from a Euclidean distance matrix between parcel centroids, made by one of:
 
-Why whole-brain by default: Euclidean distances are defined across hemispheres, and surrogates made per hemisphere
-lose the coupling between the hemispheres that smooth maps have, so their null distribution of r is too narrow. On
-pairs of unrelated smooth maps on the default atlas's 68 cortical parcels (Gaussian fields, 30 mm length scale) we
-measured p < 0.05 in 8-13 % of pairs per hemisphere (100-200 pairs, 3 map sets) against 4.5-9 % whole-brain (pooled
-over 3 map sets: 33 of 550 pairs, 6.0 %); the naive parcel shuffle: 29-33 %. brainsmash remains slightly
-anti-conservative for very smooth maps on few parcels (other settings of pv, kernel and resample gave 7.5-8.5 % on
-the hardest map set), so read p values near 0.05 with care. :func:`null_calibration`
-reproduces this on any atlas (both modes side by side) and the group level writes it as a table.
+- ``moran`` (default): Moran spectral randomisation (:mod:`.spatial_nulls`): random sign flips of the map's
+  coefficients on the Moran eigenvectors of inverse-distance weights; keeps the map's mean, sum of squares and Moran
+  spectrum exactly, costs a matrix product.
+- ``brainsmash``: variogram matching (Burt et al. 2020), the tool of the published analysis.
+
+Why Moran by default (benchmarks/bench_connectivity_group.py, p < 0.05 rate on unrelated smooth map pairs, 199
+nulls, nominal 4.5 %): over five map sets (Gaussian fields of 15, 30 and 45 mm, exponential of 20 and 60 mm) on the
+default atlas's 68 cortical parcels and on a 360-parcel cortical parcellation, Moran whole-brain surrogates
+rejected in 3.9-6.1 % of 1000 pairs per set (pooled 4.9 %); brainsmash (its defaults, resample on) in 4-11 % of
+100 pairs per set on the 68 parcels (9-11 % for the 30 and 45 mm fields; 3 % on 360 parcels, 30 mm), at a few
+hundred times the cost per pair, which also kept the calibration off by default before. brainsmash fits the
+variogram at short distances (pv = 25 %) and its surrogates are less smooth at long range than a very smooth map;
+fitting all distances (pv = 100) was worse (9.2 % vs 5.8 % at 45 mm, 120 pairs).
+
+Why whole-brain rather than per hemisphere (the published choice, ``per_hemisphere``): Euclidean distances are
+defined across hemispheres, and surrogates made per hemisphere lose the coupling between the hemispheres that smooth
+maps have (the medial parcels of both hemispheres are neighbours), so their null distribution of r is too narrow:
+per hemisphere rejected in 5.6-11.5 % of pairs with Moran and 6-20 % with brainsmash on the 68 parcels (4.5-9.8 %
+with Moran on 360 parcels). With 34 parcels per hemisphere the fit also has half the data. :func:`null_calibration`
+reproduces this on any atlas, and the group level writes it as a table and a figure by default (cached per atlas). Very smooth maps (few effective degrees of
+freedom) remain the hardest case for every spatial null: read p values near 0.05 with care.
 
 - p = (1 + #{|r_null| >= |r|}) / (1 + N), two-sided, N surrogates; Benjamini-Hochberg FDR across genes.
 - Surrogates are generated once per brain map and reused for every gene, and cached on disk keyed by a hash of the
@@ -122,8 +133,10 @@ def distance_matrix(xyz: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SurrogateSettings:
-    """Variogram-matching settings passed to brainsmash (its defaults, except ``resample``; see params)."""
+    """Surrogate settings: ``method`` "moran" (Moran spectral randomisation, :mod:`.spatial_nulls`) or "brainsmash"
+    (variogram matching; the other fields are passed to brainsmash: its defaults, except ``resample``)."""
 
+    method: str = "moran"
     deltas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     kernel: str = "exp"
     pv: int = 25
@@ -145,9 +158,12 @@ def hemisphere_groups(hemispheres: Sequence[str] | None, per_hemisphere: bool, n
 def generate_surrogates(values: np.ndarray, distance: np.ndarray, *, n_surrogates: int, seed: int,
                         hemispheres: Sequence[str] | None = None,
                         settings: SurrogateSettings = SurrogateSettings(), n_jobs: int = 1) -> np.ndarray:
-    """Surrogate maps (n_surrogates x parcels) with the variogram of ``values`` (brainsmash), per hemisphere."""
-    from brainsmash.mapgen.base import Base
+    """Surrogate maps (n_surrogates x parcels) with the spatial autocorrelation of ``values`` (Moran spectral
+    randomisation or brainsmash variogram matching, see ``settings``), over all parcels or per hemisphere."""
+    from bids_ketamine.connectivity.spatial_nulls import moran_surrogates
 
+    if settings.method not in ("moran", "brainsmash"):
+        raise ValueError(f"unknown surrogate method {settings.method!r} (moran or brainsmash)")
     values = np.asarray(values, dtype=float)
     distance = np.asarray(distance, dtype=float)
     if not np.isfinite(values).all():
@@ -158,6 +174,12 @@ def generate_surrogates(values: np.ndarray, distance: np.ndarray, *, n_surrogate
     for group, group_seed in zip(groups, seeds):
         if group.size < 5:
             raise ValueError(f"only {group.size} parcels in a surrogate group; at least 5 are needed")
+        if settings.method == "moran":
+            out[:, group] = moran_surrogates(values[group], distance[np.ix_(group, group)],
+                                             n_surrogates=n_surrogates, seed=int(group_seed))
+            continue
+        from brainsmash.mapgen.base import Base
+
         with warnings.catch_warnings():  # brainsmash 0.1.x calls numpy's deprecated row_stack
             warnings.simplefilter("ignore", DeprecationWarning)
             gen = Base(values[group], distance[np.ix_(group, group)], deltas=np.asarray(settings.deltas),
@@ -310,9 +332,16 @@ def gene_correlations(brain_map: pd.Series, genes: pd.DataFrame, surrogates: np.
 
 
 # --------------------------------------------------------------------------------------------- calibration
-def smooth_random_maps(xyz: np.ndarray, n_maps: int, *, length_mm: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian random fields on parcel centroids with covariance exp(-d^2 / (2 length^2)) (n_maps x parcels)."""
-    cov = np.exp(-distance_matrix(xyz) ** 2 / (2.0 * length_mm ** 2))
+def smooth_random_maps(xyz: np.ndarray, n_maps: int, *, length_mm: float, rng: np.random.Generator,
+                       covariance: str = "gaussian") -> np.ndarray:
+    """Gaussian random fields on parcel centroids (n_maps x parcels) with covariance exp(-d^2 / (2 length^2))
+    ("gaussian": very smooth) or exp(-d / length) ("exponential": rough at short range, long-range trends)."""
+    if covariance == "gaussian":
+        cov = np.exp(-distance_matrix(xyz) ** 2 / (2.0 * length_mm ** 2))
+    elif covariance == "exponential":
+        cov = np.exp(-distance_matrix(xyz) / length_mm)
+    else:
+        raise ValueError(f"unknown covariance {covariance!r} (gaussian or exponential)")
     w, v = np.linalg.eigh(cov)
     root = v * np.sqrt(np.clip(w, 0.0, None))
     return rng.standard_normal((n_maps, cov.shape[0])) @ root.T
@@ -326,7 +355,8 @@ class CalibrationResult:
 
 def _mode_name(settings: SurrogateSettings, hemispheres, n: int) -> str:
     per_hemi = len(hemisphere_groups(hemispheres, settings.per_hemisphere, n)) > 1
-    return "surrogates_per_hemisphere" if per_hemi else "surrogates_whole_brain"
+    prefix = "moran" if settings.method == "moran" else "surrogates"
+    return f"{prefix}_per_hemisphere" if per_hemi else f"{prefix}_whole_brain"
 
 
 def _calibration_pair(x: np.ndarray, y: np.ndarray, distance: np.ndarray, hemispheres, n_null: int, seed: int,
@@ -345,6 +375,7 @@ def _calibration_pair(x: np.ndarray, y: np.ndarray, distance: np.ndarray, hemisp
 def null_calibration(xyz: np.ndarray, *, hemispheres: Sequence[str] | None = None, n_pairs: int = 200,
                      n_null: int = 500, length_mm: float = 30.0, alpha: float = 0.05, seed: int = 0,
                      settings: SurrogateSettings = SurrogateSettings(), both_hemisphere_modes: bool = False,
+                     other_methods: Sequence[str] = (), covariance: str = "gaussian",
                      n_jobs: int = 1) -> CalibrationResult:
     """False-positive rates of the spatial-surrogate and naive-shuffle tests on unrelated smooth map pairs.
 
@@ -352,11 +383,10 @@ def null_calibration(xyz: np.ndarray, *, hemispheres: Sequence[str] | None = Non
     the rate of p < ``alpha`` should be close to ``alpha`` for a calibrated null. Confidence intervals are
     Clopper-Pearson 95 %. Methods: ``surrogates_per_hemisphere`` or ``surrogates_whole_brain`` (the mode of
     ``settings``; with ``both_hemisphere_modes`` the other mode too, where the parcels allow it; the row of
-    ``settings`` has ``configured`` true) and ``naive_parcel_shuffle``.
+    ``settings`` has ``configured`` true) and ``naive_parcel_shuffle``; ``other_methods`` (e.g. ``["brainsmash"]``)
+    adds the same modes made with another surrogate method (``moran_*`` / ``surrogates_*`` rows).
     """
     from dataclasses import replace
-
-    from scipy import stats
 
     n = int(np.asarray(xyz).shape[0])
     variants = [settings]
@@ -364,9 +394,12 @@ def null_calibration(xyz: np.ndarray, *, hemispheres: Sequence[str] | None = Non
         other = replace(settings, per_hemisphere=not settings.per_hemisphere)
         if _mode_name(other, hemispheres, n) != _mode_name(settings, hemispheres, n):
             variants.append(other)
+    for method in other_methods:
+        if method != settings.method:
+            variants += [replace(v, method=method) for v in list(variants) if v.method == settings.method]
     names = [_mode_name(v, hemispheres, n) for v in variants]
     rng = np.random.default_rng(seed)
-    maps = smooth_random_maps(xyz, 2 * n_pairs, length_mm=length_mm, rng=rng)
+    maps = smooth_random_maps(xyz, 2 * n_pairs, length_mm=length_mm, rng=rng, covariance=covariance)
     distance = distance_matrix(xyz)
     pair_seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_pairs)]
     args = [(maps[2 * i], maps[2 * i + 1], distance, hemispheres, n_null, pair_seeds[i], tuple(variants))
@@ -379,11 +412,64 @@ def null_calibration(xyz: np.ndarray, *, hemispheres: Sequence[str] | None = Non
         results = Parallel(n_jobs=n_jobs)(delayed(_calibration_pair)(*a) for a in args)
     columns = ["r", *[f"p_{m}" for m in names], "p_naive_parcel_shuffle"]
     pairs = pd.DataFrame(results, columns=columns)
+    return CalibrationResult(table=calibration_table(pairs, n_null=n_null, length_mm=length_mm, n_parcels=n,
+                                                     alpha=alpha), pairs=pairs)
+
+
+def calibration_table(pairs: pd.DataFrame, *, n_null: int, length_mm: float, n_parcels: int,
+                      alpha: float = 0.05) -> pd.DataFrame:
+    """One row per null method (the ``p_<method>`` columns of ``pairs``, the first one being the configured
+    surrogates): rate of p < ``alpha`` with its Clopper-Pearson 95 % interval."""
+    from scipy import stats
+
+    methods = [c[2:] for c in pairs.columns if c.startswith("p_")]
+    n_pairs = len(pairs)
     rows = []
-    for i, method in enumerate([*names, "naive_parcel_shuffle"]):
+    for i, method in enumerate(methods):
         k = int((pairs[f"p_{method}"] < alpha).sum())
         ci = stats.binomtest(k, n_pairs).proportion_ci(confidence_level=0.95, method="exact")
         rows.append({"method": method, "configured": i == 0, "n_pairs": n_pairs, "n_null": n_null,
-                     "length_scale_mm": length_mm, "n_parcels": n, "alpha": alpha, "n_false_positive": k,
+                     "length_scale_mm": length_mm, "n_parcels": n_parcels, "alpha": alpha, "n_false_positive": k,
                      "false_positive_rate": k / n_pairs, "ci_low": float(ci.low), "ci_high": float(ci.high)})
-    return CalibrationResult(table=pd.DataFrame(rows), pairs=pairs)
+    return pd.DataFrame(rows)
+
+
+def cached_null_calibration(xyz: np.ndarray, *, cache_dir: str | os.PathLike | None, **kwargs) -> CalibrationResult:
+    """:func:`null_calibration`, read from / written to ``cache_dir`` when given.
+
+    Why a cache: the calibration depends only on the atlas (centroids, hemispheres), the settings and the seed,
+    not on the data, so a re-run of the group level (new subjects, other drugs) reuses it. The per-pair p values
+    are stored as JSON (floats round-trip exactly) and the table is recomputed from them.
+    """
+    if cache_dir is None:
+        return null_calibration(xyz, **kwargs)
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(xyz, dtype=float).tobytes())
+    settings = kwargs.get("settings", SurrogateSettings())
+    hemis = kwargs.get("hemispheres")
+    record = {k: v for k, v in kwargs.items() if k not in ("settings", "hemispheres", "n_jobs")}
+    digest.update(repr((sorted(record.items()), asdict(settings),
+                        list(hemis) if hemis is not None else None)).encode())
+    path = Path(cache_dir) / f"nullcalibration_{digest.hexdigest()[:24]}.json"
+    defaults = {"n_null": 500, "length_mm": 30.0, "alpha": 0.05}
+    opts = {k: kwargs.get(k, v) for k, v in defaults.items()}
+    if path.is_file():
+        try:
+            pairs = pd.DataFrame(json.loads(path.read_text()))
+            return CalibrationResult(table=calibration_table(pairs, n_parcels=int(np.asarray(xyz).shape[0]),
+                                                             **opts), pairs=pairs)
+        except (ValueError, KeyError):  # a damaged cache file is recomputed
+            pass
+    result = null_calibration(xyz, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".nullcalibration_", suffix=".json", dir=path.parent)
+    os.close(fd)
+    try:
+        Path(tmp).write_text(json.dumps(result.pairs.to_dict(orient="list")))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return result

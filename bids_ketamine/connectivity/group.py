@@ -15,9 +15,12 @@ Outputs under ``group/`` (every table with a sidecar describing its columns):
 ``..._desc-<drug>pca_components.tsv`` (z-scored PC maps, parcels x PCs), ``..._desc-<drug>pca_scores.tsv``
 (r of each subject's map with each PC map), ``..._desc-<drug>pca_null.tsv`` (shuffled explained variances),
 ``..._desc-<drug>mean_gbc.tsv`` (mean delta map), ``..._stat-z_desc-<drug>pc<k>_statmap.nii.gz`` and
-``..._stat-mean_desc-<drug>deltagbc_statmap.nii.gz``, ``figures/..._desc-<drug>scree_pca.svg``;
+``..._stat-mean_desc-<drug>deltagbc_statmap.nii.gz``, ``figures/..._desc-<drug>scree_pca.svg``,
+``figures/..._desc-subjectscores_pca.png`` (subject scores per PC, by drug) and
+``figures/desc-participationratio_dimensionality.png``;
 ``desc-dimensionality*_stats.tsv``; ``..._desc-<drug>pc<k>genes_stats.tsv``; ``desc-nullcalibration_stats.tsv``;
-``desc-connectivity_summary.json``.
+``desc-connectivity_summary.json``; ``figures/..._desc-<drug>pc<k>genes_null.svg`` (observed r against the
+surrogate and naive nulls) and ``figures/..._desc-genenullcalibration_fpr.svg`` (false-positive rates).
 """
 
 from __future__ import annotations
@@ -276,15 +279,25 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
     record = _params_record(params)
     written: list[Path] = []
     summary: dict[str, Any] = {"drugs": {}, "notes": notes, "seed": seed, "parcels": len(parcel_order)}
-    results: dict[str, DeltaPCA] = {}
+    results: dict[str, DeltaPCA] = {
+        drug: delta_pca_frame(matrices[drug], parcel_order=parcel_order, n_shuffles=params.n_shuffles,
+                              percentile=params.significance_percentile, seed=_seed_for(seed, "pca", drug),
+                              batch_size=params.shuffle_batch_size, n_jobs=n_jobs) for drug in drugs}
+    comparison = dim.compare_dimensionality({d: matrices[d].to_numpy() for d in drugs},
+                                            subsample_size=params.dimensionality_subsample_size,
+                                            n_subsamples=params.dimensionality_n_subsamples,
+                                            seed=_seed_for(seed, "dimensionality"))
+    # build the report figures before writing anything: a plotting failure must not leave half the outputs
+    from bids_ketamine.connectivity.figures import participation_ratio_figure, subject_scores_figure
+
+    figures = [(subject_scores_figure(results), {**ent_base, "desc": "subjectscores"}, "pca"),
+               (participation_ratio_figure(comparison.subsamples, comparison.per_drug, comparison.anova,
+                                           comparison.pairwise), {"desc": "participationratio"}, "dimensionality")]
 
     for drug in drugs:
         matrix = matrices[drug]
         sources = [m.path for m in by_drug[drug]]
-        result = delta_pca_frame(matrix, parcel_order=parcel_order, n_shuffles=params.n_shuffles,
-                                 percentile=params.significance_percentile, seed=_seed_for(seed, "pca", drug),
-                                 batch_size=params.shuffle_batch_size, n_jobs=n_jobs)
-        results[drug] = result
+        result = results[drug]
         tables = pca_tables(result, info)
         tables["mean"]["mean_delta_gbc"] = result.mean_map
         tables["mean"]["sd_delta_gbc"] = matrix.to_numpy().std(axis=0, ddof=1)
@@ -358,11 +371,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
             "explained_variance_ratio": [float(v) for v in result.explained_variance_ratio[:10]],
         }
 
-    # ---- dimensionality across drugs
-    comparison = dim.compare_dimensionality({d: matrices[d].to_numpy() for d in drugs},
-                                            subsample_size=params.dimensionality_subsample_size,
-                                            n_subsamples=params.dimensionality_n_subsamples,
-                                            seed=_seed_for(seed, "dimensionality"))
+    # ---- dimensionality across drugs (computed above)
     dim_meta = {"SubsampleSize": comparison.subsample_size, "NumberOfSubsamples": comparison.n_subsamples,
                 "Caveat": "subsample PRs reuse the same subjects, so ANOVA and t-test p-values shrink as the "
                           "number of subsamples grows; read them with the effect sizes"}
@@ -393,6 +402,8 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
                      "t": "Student t over subsample PRs", "df": "degrees of freedom", "p": "two-sided p",
                      "p_bonferroni": "p times the number of drug pairs, capped at 1"}))
     summary["dimensionality"] = comparison.per_drug.to_dict(orient="records")
+    for fig, entities, suffix in figures:
+        written.append(writer.write_figure(fig, entities=entities, suffix=suffix, extension=".png"))
 
     # ---- genes
     if params.gene_table is not None or params.ahba_dir is not None:
@@ -403,12 +414,20 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
         written += _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jobs, record,
                               summary, writer)
 
-    # ---- null calibration
+    # ---- null calibration (on by default: the report's evidence that the spatial null is calibrated here)
     if params.null_calibration_pairs > 0:
+        n_gene_parcels = len(_gene_parcels(atlas, list(atlas.names), list(params.gene_structures))[0])
         if not atlas_matches:
-            raise BadDataError("null calibration needs parcel centroids from the atlas", path=output_dir,
-                               fix="configure the atlas the maps were computed with")
-        written.append(write_null_calibration(params, atlas, writer, seed=seed, n_jobs=n_jobs, record=record))
+            notes.append("null calibration skipped: it needs parcel centroids, and the maps' parcels are not the "
+                         f"atlas {atlas.name}'s")
+            LOG.warning(notes[-1])
+        elif n_gene_parcels < 10:
+            notes.append(f"null calibration skipped: only {n_gene_parcels} parcels of structures "
+                         f"{params.gene_structures}")
+            LOG.warning(notes[-1])
+        else:
+            written += write_null_calibration(params, atlas, writer, seed=seed, n_jobs=n_jobs, record=record,
+                                              cache_dir=work_dir / "surrogates")
     written.append(writer.write_json(summary, entities={"desc": "connectivity"}, suffix="summary"))
     return written
 
@@ -417,13 +436,22 @@ def _gene_parcels(atlas, parcel_order: list[str], structures: list[str]) -> tupl
     labels = atlas.labels.set_index("name")
     chosen = [p for p in parcel_order if labels.loc[p, "structure"] in structures]
     xyz = atlas.centroids_mm().loc[chosen].to_numpy()
+    # spatial nulls weight parcel pairs by inverse distance: two parcels at one position (an empty region's
+    # centroid falls on the volume's origin) have no finite weight
+    _, inverse, counts = np.unique(np.round(xyz, 6), axis=0, return_inverse=True, return_counts=True)
+    if (counts > 1).any():
+        clash = [name for name, k in zip(chosen, np.ravel(inverse)) if counts[k] > 1]
+        raise BadDataError(f"atlas {atlas.name}: parcels {', '.join(clash[:4])} share one centroid (an empty or "
+                           "duplicated region), so spatial nulls cannot weight them", path=atlas.source,
+                           fix="remove empty or duplicated regions from the atlas labels, or leave those structures "
+                               "out of connectivity.gene_structures")
     return chosen, xyz, labels.loc[chosen, "hemisphere"].astype(str).tolist()
 
 
 def _surrogate_settings(params: ConnectivityParams) -> gn.SurrogateSettings:
-    return gn.SurrogateSettings(deltas=tuple(params.surrogate_deltas), kernel=params.surrogate_kernel,
-                                pv=params.surrogate_pv, nh=params.surrogate_nh, resample=params.surrogate_resample,
-                                per_hemisphere=params.surrogate_per_hemisphere)
+    return gn.SurrogateSettings(method=params.surrogate_method, deltas=tuple(params.surrogate_deltas),
+                                kernel=params.surrogate_kernel, pv=params.surrogate_pv, nh=params.surrogate_nh,
+                                resample=params.surrogate_resample, per_hemisphere=params.surrogate_per_hemisphere)
 
 
 def _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jobs, record, summary,
@@ -470,10 +498,11 @@ def _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jo
                 table, entities={"atlas": atlas.name, "desc": f"{drug}pc{comp}genes"}, suffix="stats",
                 sources=gene_source, parameters=record,
                 metadata={"Drug": drug, "Component": comp, "Structures": list(params.gene_structures),
-                          "NumberOfParcels": len(chosen), "SurrogatesPerHemisphere": len(set(hemis)) > 1
-                          and params.surrogate_per_hemisphere},
+                          "NumberOfParcels": len(chosen), "SurrogateMethod": params.surrogate_method,
+                          "SurrogatesPerHemisphere": len(set(hemis)) > 1 and params.surrogate_per_hemisphere},
                 description=f"Pearson r between the z-scored PC{comp} map of {drug} and gene expression across "
-                            "parcels, with spatial-autocorrelation surrogates (brainsmash) and a naive shuffle",
+                            f"parcels, with spatial-autocorrelation surrogates ({params.surrogate_method}) and a naive "
+                            "shuffle",
                 columns={"gene": "gene symbol (gene table column)", "n_parcels": "parcels with expression values",
                          "r": "Pearson r across parcels",
                          "p_spatial": "(1 + #{|r_surrogate| >= |r|}) / (1 + n_surrogates)",
@@ -483,32 +512,75 @@ def _run_genes(params, atlas, parcel_order, results, drugs, work_dir, seed, n_jo
                          "q_naive": "Benjamini-Hochberg FDR q of p_naive across genes",
                          "n_surrogates": "spatial surrogates", "n_naive": "naive shuffles",
                          "significant_fdr": f"q_spatial < {params.fdr_alpha:g}"}))
+            figure = _gene_null_figure(brain_map, expression, surrogates, table, params.n_naive_shuffles,
+                                       _seed_for(seed, "naive", drug, str(comp)), title=f"{drug} PC{comp}")
+            if figure is not None:
+                written.append(writer.write_figure(figure, entities={"atlas": atlas.name,
+                                                                     "desc": f"{drug}pc{comp}genes"}, suffix="null"))
             summary.setdefault("genes", {})[f"{drug}_pc{comp}"] = json.loads(
                 table[["gene", "r", "p_spatial", "q_spatial"]].head(20).to_json(orient="records"))
     return written
 
 
+def _gene_null_figure(brain_map: pd.Series, expression: pd.DataFrame, surrogates: np.ndarray, table: pd.DataFrame,
+                      n_naive: int, naive_seed: int, *, title: str, max_genes: int = 4):
+    """The null distributions of r for the (up to ``max_genes``) genes with the smallest spatial p, recomputed from
+    the same surrogates and the same seeded naive shuffles as the table."""
+    from bids_ketamine.connectivity.null_figures import gene_null_figure
+
+    tested = table.dropna(subset=["r", "p_spatial"])
+    top = tested.assign(abs_r=tested["r"].abs()).sort_values(["p_spatial", "abs_r"], ascending=[True, False])
+    genes = top["gene"].head(max_genes).tolist()
+    if not genes:  # no gene could be tested (all flat or too sparse): nothing to draw
+        return None
+    x = brain_map.to_numpy(dtype=float)
+    naive = gn.shuffled_maps(x, n_naive, np.random.default_rng(naive_seed)) if n_naive else None
+    null_r, naive_r = {}, ({} if naive is not None else None)
+    for gene in genes:
+        values = expression.loc[list(brain_map.index), gene].to_numpy(dtype=float)
+        ok = np.isfinite(values)
+        null_r[gene] = gn.row_correlations(surrogates[:, ok], values[ok])
+        if naive is not None:
+            naive_r[gene] = gn.row_correlations(naive[:, ok], values[ok])
+    return gene_null_figure(table, null_r, naive_r, title=f"{title}: observed r against its nulls")
+
+
 def write_null_calibration(params: ConnectivityParams, atlas, writer, *, seed: int, n_jobs: int = 1,
-                           record: dict | None = None) -> Path:
-    """Measure and write both nulls' false-positive rates on unrelated smooth maps over the gene parcels."""
+                           record: dict | None = None, cache_dir: Path | None = None) -> list[Path]:
+    """Measure both nulls' false-positive rates on unrelated smooth maps over the gene parcels; write the table
+    (``desc-nullcalibration_stats.tsv``) and its figure (``figures/..._desc-genenullcalibration_fpr.svg``).
+
+    Cached in ``cache_dir`` (it depends on the atlas, the settings and the seed only, not on the data).
+    """
+    from bids_ketamine.connectivity.null_figures import calibration_figure
+
     chosen, xyz, hemis = _gene_parcels(atlas, list(atlas.names), list(params.gene_structures))
-    result = gn.null_calibration(xyz, hemispheres=hemis, n_pairs=params.null_calibration_pairs,
-                                 n_null=params.null_calibration_n_null,
-                                 length_mm=params.null_calibration_length_mm, seed=_seed_for(seed, "calibration"),
-                                 settings=_surrogate_settings(params),
-                                 both_hemisphere_modes=params.null_calibration_both_modes, n_jobs=n_jobs)
-    return writer.write_table(
+    result = gn.cached_null_calibration(xyz, cache_dir=cache_dir, hemispheres=hemis,
+                                        n_pairs=params.null_calibration_pairs,
+                                        n_null=params.null_calibration_n_null,
+                                        length_mm=params.null_calibration_length_mm,
+                                        seed=_seed_for(seed, "calibration"), settings=_surrogate_settings(params),
+                                        both_hemisphere_modes=params.null_calibration_both_modes,
+                                        other_methods=tuple(params.null_calibration_other_methods), n_jobs=n_jobs)
+    figure = calibration_figure(result.table, result.pairs)
+    table_path = writer.write_table(
         result.table, entities={"atlas": atlas.name, "desc": "nullcalibration"}, suffix="stats",
         parameters=record or _params_record(params),
+        metadata={"Structures": list(params.gene_structures), "NumberOfParcels": len(chosen)},
         description="false-positive rate of the spatial-surrogate test and of a naive parcel shuffle on pairs of "
                     "unrelated smooth random maps on the atlas parcels (a calibrated test rejects at rate alpha)",
         columns={"method": {"Description": "null model", "Levels": {
                      "surrogates_per_hemisphere": "variogram-matched surrogates (brainsmash), each hemisphere alone",
                      "surrogates_whole_brain": "variogram-matched surrogates (brainsmash) over all parcels at once",
+                     "moran_per_hemisphere": "Moran spectral randomisation, each hemisphere alone",
+                     "moran_whole_brain": "Moran spectral randomisation over all parcels at once",
                      "naive_parcel_shuffle": "random permutation of parcels"}},
-                 "configured": "the surrogate mode the gene tests of this run use",
+                 "configured": "the surrogate method and mode the gene tests of this run use",
                  "n_pairs": "unrelated map pairs tested", "n_null": "surrogates or shuffles per pair",
                  "length_scale_mm": {"Description": "Gaussian length scale of the random maps", "Units": "mm"},
                  "n_parcels": "parcels in the maps", "alpha": "significance level",
                  "n_false_positive": "pairs with p < alpha", "false_positive_rate": "n_false_positive / n_pairs",
                  "ci_low": "Clopper-Pearson 95 % lower bound", "ci_high": "Clopper-Pearson 95 % upper bound"})
+    figure_path = writer.write_figure(figure, entities={"atlas": atlas.name, "desc": "genenullcalibration"},
+                                      suffix="fpr")
+    return [table_path, figure_path]

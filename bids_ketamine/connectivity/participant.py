@@ -10,6 +10,10 @@ Outputs (BIDS-Derivatives, tables described in docs/connectivity_tables.md), und
 * ``sub-<label>_desc-scrubbing_stats.tsv``: frames flagged and censored per run, and which sessions were excluded;
 * ``sub-<label>_desc-<drug>minusplacebo_gbc.tsv``: the delta-GBC map, the group level's input.
 
+Report figures (PNG) under ``sub-<label>/figures/``: per run ``..._desc-framewise_motion.png`` (FD and intensity
+change with the censored frames marked) and ``..._desc-carpet_bold.png`` (parcel signals before nuisance regression);
+per usable session ``..._atlas-<atlas>_gbc.png``; per drug ``sub-<label>_desc-<drug>minusplacebo_gbc.png``.
+
 Several runs of a session are cleaned separately and their kept frames concatenated before the correlation. Several
 placebo (or same-drug) sessions are averaged. A session with more than ``max_scrubbed_fraction`` of its frames
 censored is excluded and the stats table says so; a drug whose placebo partner is missing or excluded gets no delta
@@ -115,6 +119,10 @@ class RunResult:
     flagged_fd: np.ndarray
     flagged_dvars: np.ndarray
     regressors: list[str]
+    #: for the figures: FD and intensity-change ratio per frame, and the parcel series before nuisance regression
+    fd: np.ndarray | None = None
+    intensity_ratio: np.ndarray | None = None
+    raw: np.ndarray | None = None
 
 
 @dataclass
@@ -290,7 +298,8 @@ def process_run(run: BoldRun, parcellation: Parcellation, params: ConnectivityPa
     else:
         clean = np.full(series.timeseries.shape, np.nan)
     return RunResult(run=run, names=series.names, timeseries=clean, n_voxels=series.n_voxels, keep=censoring.keep,
-                     flagged_fd=censoring.flagged_fd, flagged_dvars=censoring.flagged_dvars, regressors=labels)
+                     flagged_fd=censoring.flagged_fd, flagged_dvars=censoring.flagged_dvars, regressors=labels,
+                     fd=fd, intensity_ratio=ratio, raw=series.timeseries)
 
 
 # ------------------------------------------------------------------------------------------------ a session
@@ -400,6 +409,10 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any, writ
         if len({r.run.condition for r in res_s.runs}) > 1:
             raise BadDataError("runs of one session have different conditions", path=res_s.runs[0].run.bold,
                                fix="give one condition per session in sessions.tsv")
+    # build the figures before writing anything: a plotting failure must not leave half the outputs
+    figures = participant_figures(subject, results, sessions, placebo, parcellation, p, space)
+    for res in results:  # the uncleaned series served the carpet plots only
+        res.raw = None
 
     stats_rows = []
     for res_s in sessions:
@@ -453,7 +466,60 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any, writ
                                     "n_voxels": "voxels (or grayordinates) of the parcel inside the brain mask"}))
 
     written += write_delta_maps(subject, sessions, placebo, parcellation, writer, parameters)
+    for fig, entities, suffix in figures:
+        written.append(writer.write_figure(fig, entities=entities, suffix=suffix, extension=".png"))
     return written
+
+
+def participant_figures(subject: str, results: list[RunResult], sessions: list[SessionResult], placebo: str,
+                        parcellation: Parcellation, params: ConnectivityParticipantParams,
+                        space: str) -> list[tuple[Any, dict, str]]:
+    """(figure, entities, suffix) of the report figures: per run FD with the scrubbed frames and a carpet plot;
+    per usable session its GBC map; per drug its delta-GBC map (names chosen for the report's rules)."""
+    from bids_ketamine.connectivity import figures as figs
+
+    figures: list[tuple[Any, dict, str]] = []
+    structures = None
+    if parcellation.labels is not None:
+        info = parcellation.labels.set_index("name")
+        structures = info["hemisphere"].astype(str) + " " + info["structure"].astype(str)
+    for res in results:
+        run = res.run
+        ent = {"sub": subject, "ses": run.session, "task": run.task, "run": run.run}
+        where = " ".join(f"{k}-{v}" for k, v in ent.items() if v)
+        figures.append((figs.framewise_displacement_figure(
+            res.fd, res.keep, res.flagged_fd, res.flagged_dvars, fd_threshold=params.fd_threshold,
+            intensity_ratio=res.intensity_ratio, intensity_threshold=params.dvars_ratio,
+            title=f"{where}: framewise displacement and scrubbing (+{params.neighbours} neighbour(s) each side)"),
+            {**ent, "desc": "framewise"}, "motion"))
+        groups = structures.loc[res.names].astype(str).tolist() if structures is not None else None
+        figures.append((figs.carpet_figure(res.raw, res.keep, groups=groups, title=(
+            f"{where}: parcel signals before nuisance regression (detrended, z-scored)")),
+            {**ent, "desc": "carpet"}, "bold"))
+    centroids = None
+    if parcellation.atlas is not None:
+        centroids = parcellation.atlas.centroids_mm()
+    usable = [s for s in sessions if not s.excluded]
+    if usable:
+        limit = max(float(np.nanmax(np.abs(s.gbc))) for s in usable)
+        for s in usable:
+            xyz = None if centroids is None else centroids.loc[s.names].to_numpy()
+            tasks = {r.run.task for r in s.runs}
+            figures.append((figs.parcel_map_figure(
+                s.gbc, centroids_mm=xyz, vmax=limit, names=s.names, label="GBC (mean Fisher z)",
+                title=f"ses-{s.session} ({s.condition}): GBC, Fisher z"),
+                {"sub": subject, "ses": s.session, "task": tasks.pop() if len(tasks) == 1 else None, "space": space,
+                 "atlas": parcellation.name}, "gbc"))
+    maps, _ = delta_maps(sessions, placebo)
+    if maps:
+        names = usable[0].names
+        xyz = None if centroids is None else centroids.loc[names].to_numpy()
+        for drug, delta in maps.items():
+            figures.append((figs.parcel_map_figure(
+                delta, centroids_mm=xyz, names=names, label="delta GBC (Fisher z)",
+                title=f"{drug} - {placebo}: delta-GBC, Fisher z"),
+                {"sub": subject, "desc": f"{condition_label(drug)}minusplacebo"}, "gbc"))
+    return figures
 
 
 def delta_maps(sessions: list[SessionResult], placebo: str) -> tuple[dict[str, np.ndarray], list[str]]:

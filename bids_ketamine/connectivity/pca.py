@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bids_ketamine.progress import progress
+
 #: Shuffles per batch: a batch of 40 x 718 float64 matrices is 23 MB at this size.
 DEFAULT_BATCH = 100
 
@@ -102,12 +104,18 @@ def shuffle_null(delta: np.ndarray, *, n_shuffles: int = 5000, seed: int = 0, ba
     if n_shuffles % batch_size:
         sizes.append(n_shuffles % batch_size)
     children = np.random.SeedSequence(seed).spawn(len(sizes))
-    if n_jobs == 1:
-        parts = [_null_batch(delta, s, k, c) for s, c in zip(sizes, children)]
-    else:
-        from joblib import Parallel, delayed
+    parts = []
+    with progress(total=n_shuffles, desc=f"PCA shuffle null ({delta.shape[0]} subjects)", unit="shuffle") as bar:
+        if n_jobs == 1:
+            batches = (_null_batch(delta, s, k, c) for s, c in zip(sizes, children))
+        else:
+            from joblib import Parallel, delayed
 
-        parts = Parallel(n_jobs=n_jobs)(delayed(_null_batch)(delta, s, k, c) for s, c in zip(sizes, children))
+            batches = Parallel(n_jobs=n_jobs, return_as="generator")(
+                delayed(_null_batch)(delta, s, k, c) for s, c in zip(sizes, children))
+        for part in batches:  # in submission order, so the result does not depend on n_jobs
+            parts.append(part)
+            bar.update(part.shape[0])
     return np.concatenate(parts, axis=0)
 
 

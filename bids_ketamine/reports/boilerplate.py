@@ -59,6 +59,9 @@ REFERENCES = {
                  "doi:10.1016/j.neuroimage.2011.10.018",
     "brainsmash": "Burt, J. B., et al. (2020). Generative modeling of brain maps with spatial autocorrelation. "
                   "NeuroImage 220:117038. doi:10.1016/j.neuroimage.2020.117038",
+    "wagner2015": "Wagner, H. H., Dray, S. (2015). Generating spatially constrained null models for irregularly "
+                  "spaced data using Moran spectral randomization methods. Methods in Ecology and Evolution "
+                  "6(10):1169-1178. doi:10.1111/2041-210X.12407",
     "abagen": "Markello, R. D., et al. (2021). Standardizing workflows in imaging transcriptomics with the abagen "
               "toolbox. eLife 10:e72129. doi:10.7554/eLife.72129",
     "ahba": "Hawrylycz, M. J., et al. (2012). An anatomically comprehensive atlas of the adult human brain "
@@ -276,10 +279,20 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             "Bonferroni-corrected post hoc tests.",
             ("Component maps were correlated with cortical gene expression (Allen Human Brain Atlas [ahba], via "
              "abagen [abagen]) and tested against " + (f"{surrogates} " if surrogates else "")
-             + "spatially autocorrelated surrogate maps (BrainSMASH [brainsmash]), with false discovery rate "
+             + "spatially autocorrelated surrogate maps (" + _surrogate_text(p) + "), with false discovery rate "
              "control across genes [bh]" + (f" at {fdr}" if fdr else "") + ".") if genes_configured else None,
         ]))
     return paras
+
+
+def _surrogate_text(p: _Lookup) -> str:
+    """How the gene tests' spatial null was made, from the run's surrogate_method and per-hemisphere setting."""
+    method = p.get("surrogate_method") or "moran"
+    where = "generated per hemisphere" if p.get("surrogate_per_hemisphere") else "generated over the whole brain"
+    if method == "brainsmash":
+        return f"variogram-matched surrogates, BrainSMASH [brainsmash], {where}"
+    return (f"Moran spectral randomisation on inverse-distance weights between parcel centroids [wagner2015], "
+            f"{where}")
 
 
 def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,

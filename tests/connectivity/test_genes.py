@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bids_ketamine.connectivity import genes as gn
+from bids_ketamine.connectivity import spatial_nulls as sn
 from bids_ketamine.errors import BadDataError, MissingInputError
 
 
@@ -75,17 +76,26 @@ def test_surrogates_per_hemisphere_seeded_and_cached(tmp_path: Path, monkeypatch
     values = gn.smooth_random_maps(xyz, 1, length_mm=30, rng=np.random.default_rng(1))[0]
     values[:20] += 10.0                                # left hemisphere much higher
     dist = gn.distance_matrix(xyz)
-    per_hemi = gn.SurrogateSettings(per_hemisphere=True)
+    per_hemi = gn.SurrogateSettings(method="brainsmash", per_hemisphere=True)
     surr = gn.generate_surrogates(values, dist, n_surrogates=30, seed=4, hemispheres=hemis, settings=per_hemi)
     assert surr.shape == (30, 40)
     # resample=True: every surrogate hemisphere is a rearrangement of that hemisphere's own values
     np.testing.assert_allclose(np.sort(surr[:, :20], axis=1), np.broadcast_to(np.sort(values[:20]), (30, 20)))
     np.testing.assert_allclose(np.sort(surr[:, 20:], axis=1), np.broadcast_to(np.sort(values[20:]), (30, 20)))
-    whole = gn.generate_surrogates(values, dist, n_surrogates=30, seed=4, hemispheres=hemis)  # default: whole brain
+    whole = gn.generate_surrogates(values, dist, n_surrogates=30, seed=4, hemispheres=hemis,
+                                   settings=gn.SurrogateSettings(method="brainsmash"))
     np.testing.assert_allclose(np.sort(whole, axis=1), np.broadcast_to(np.sort(values), (30, 40)))
     assert (whole[:, :20].min(axis=1) < 5).any()         # values do cross hemispheres
     again = gn.generate_surrogates(values, dist, n_surrogates=30, seed=4, hemispheres=hemis, settings=per_hemi)
     np.testing.assert_array_equal(surr, again)
+    # Moran per hemisphere: each hemisphere keeps its own mean and sum of squares
+    moran = gn.generate_surrogates(values, dist, n_surrogates=30, seed=4, hemispheres=hemis,
+                                   settings=gn.SurrogateSettings(per_hemisphere=True))
+    for half in (slice(0, 20), slice(20, 40)):
+        np.testing.assert_allclose(moran[:, half].mean(axis=1), values[half].mean())
+        np.testing.assert_allclose(np.linalg.norm(moran[:, half], axis=1), np.linalg.norm(values[half]))
+    with pytest.raises(ValueError, match="unknown surrogate method"):
+        gn.generate_surrogates(values, dist, n_surrogates=3, seed=1, settings=gn.SurrogateSettings(method="spin"))
     kwargs = dict(n_surrogates=30, seed=4, hemispheres=hemis, settings=per_hemi, cache_dir=tmp_path)
     np.testing.assert_array_equal(gn.cached_surrogates(values, dist, **kwargs), surr)
     assert len(list(tmp_path.glob("surrogates_*.npy"))) == 1
@@ -93,6 +103,52 @@ def test_surrogates_per_hemisphere_seeded_and_cached(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(gn.cached_surrogates(values, dist, **kwargs), surr)
     groups = gn.hemisphere_groups(["L", "B", "R"] * 5, True, 15)  # a bilateral parcel: one group
     assert len(groups) == 1 and list(groups[0]) == list(range(15))
+
+
+def test_moran_basis_and_surrogates_keep_mean_norm_and_moran_spectrum():
+    xyz, _ = _hemisphere_points(25, seed=4)
+    dist = gn.distance_matrix(xyz)
+    basis = sn.moran_eigenvectors(dist)
+    assert basis.shape == (50, 49)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(49), atol=1e-10)    # orthonormal ...
+    np.testing.assert_allclose(basis.sum(axis=0), 0, atol=1e-10)           # ... and orthogonal to the constant
+    weights = np.where(dist > 0, 1 / np.where(dist > 0, dist, 1), 0)
+    moran_i = [(v @ weights @ v) / (v @ v) for v in basis.T]               # Moran's I (up to n / sum(W))
+    assert np.all(np.diff(moran_i) <= 1e-10)                               # smoothest first
+    values = gn.smooth_random_maps(xyz, 1, length_mm=30, rng=np.random.default_rng(2))[0] + 3.0
+    surr = sn.moran_surrogates(values, dist, n_surrogates=200, seed=9, batch_size=64)
+    np.testing.assert_allclose(surr.mean(axis=1), values.mean())
+    np.testing.assert_allclose(np.linalg.norm(surr - 3.0 - (values.mean() - 3.0), axis=1),
+                               np.linalg.norm(values - values.mean()))
+    np.testing.assert_allclose(((surr - values.mean()) @ basis) ** 2,
+                               np.broadcast_to(((values - values.mean()) @ basis) ** 2, (200, 49)), atol=1e-9)
+    np.testing.assert_array_equal(surr, sn.moran_surrogates(values, dist, n_surrogates=200, seed=9, batch_size=64))
+    assert not np.allclose(surr[0], surr[1])
+    with pytest.raises(ValueError, match="same centroid"):
+        sn.moran_eigenvectors(gn.distance_matrix(np.vstack([xyz, xyz[:1]])))
+
+
+def test_moran_test_has_exact_level_when_the_basis_diagonalises_the_covariance():
+    """Planted truth: maps that are independent Gaussian coefficients on the Moran basis (steeply decaying
+    variances, i.e. very smooth maps) make sign flips an exact randomisation test, so unrelated pairs must reject
+    at the nominal rate (99 flips: (1 + k) / 100 < 0.05 for k <= 3, 4 %) -- while a naive shuffle does not."""
+    xyz, _ = _hemisphere_points(30, seed=5)
+    dist = gn.distance_matrix(xyz)
+    basis = sn.moran_eigenvectors(dist)
+    sd = 1.0 / (1.0 + np.arange(basis.shape[1])) ** 1.5
+    rng = np.random.default_rng(0)
+    maps = (rng.standard_normal((1200, basis.shape[1])) * sd) @ basis.T
+    p_moran, p_naive = [], []
+    for i in range(600):
+        x, y = maps[2 * i], maps[2 * i + 1]
+        r = gn.row_correlations(x[None], y)[0]
+        p_moran.append(gn.null_p_value(r, gn.row_correlations(
+            sn.moran_surrogates(x, dist, n_surrogates=99, seed=i), y)))
+        p_naive.append(gn.null_p_value(r, gn.row_correlations(
+            gn.shuffled_maps(x, 99, np.random.default_rng(i)), y)))
+    rate = float(np.mean(np.asarray(p_moran) < 0.05))
+    assert 0.02 <= rate <= 0.065, rate            # binomial 99 % range around 4 % for 600 pairs
+    assert np.mean(np.asarray(p_naive) < 0.05) > 0.2
 
 
 def test_gene_correlations_table():
@@ -117,18 +173,59 @@ def test_gene_correlations_table():
 
 
 def test_null_calibration_spatial_test_calibrated_naive_not():
-    """Unrelated smooth maps on two 30-parcel hemispheres: the (default, whole-brain) surrogate test has p < 0.05 in
-    <= 7 % of pairs, the naive shuffle clearly more often. Small for CI (100 pairs x 99 nulls, nominal rate 4 %);
-    benchmarks/bench_connectivity_group.py runs the atlas-sized version with more pairs and both surrogate modes."""
-    xyz, hemis = _hemisphere_points(30, seed=7)
-    res = gn.null_calibration(xyz, hemispheres=hemis, n_pairs=100, n_null=99, length_mm=30.0, seed=3)
-    table = res.table.set_index("method")
-    assert list(table.index) == ["surrogates_whole_brain", "naive_parcel_shuffle"]
-    spatial = table.loc["surrogates_whole_brain", "false_positive_rate"]
-    naive = table.loc["naive_parcel_shuffle", "false_positive_rate"]
-    assert spatial <= 0.07, res.table
-    assert naive >= 2.5 * max(spatial, 0.04), res.table
-    assert len(res.pairs) == 100 and (res.pairs.filter(like="p_") >= 0.01).all().all()
+    """Unrelated smooth maps on the default atlas's 68 cortical parcels (the gene parcels; Gaussian fields of 30 and
+    45 mm and an exponential field): the default (Moran, whole-brain) surrogate test has p < 0.05 in <= 7 % of 300
+    pairs (99 nulls, nominal 4 %), the naive shuffle far more often. benchmarks/bench_connectivity_group.py runs
+    more pairs, a finer parcellation, per-hemisphere surrogates and brainsmash."""
+    from bids_ketamine.atlas import load_default_atlas
+
+    atlas = load_default_atlas()
+    labels = atlas.labels.set_index("name")
+    cortex = labels.index[labels["structure"] == "cortex"]
+    xyz = atlas.centroids_mm().loc[cortex].to_numpy()
+    hemis = labels.loc[cortex, "hemisphere"].tolist()
+    for covariance, length in (("gaussian", 30.0), ("gaussian", 45.0), ("exponential", 40.0)):
+        res = gn.null_calibration(xyz, hemispheres=hemis, n_pairs=300, n_null=99, length_mm=length, seed=3,
+                                  covariance=covariance)
+        table = res.table.set_index("method")
+        assert list(table.index) == ["moran_whole_brain", "naive_parcel_shuffle"]
+        spatial = table.loc["moran_whole_brain", "false_positive_rate"]
+        naive = table.loc["naive_parcel_shuffle", "false_positive_rate"]
+        assert spatial <= 0.07, (covariance, length, res.table)
+        assert naive >= 3 * max(spatial, 0.04), res.table
+        assert len(res.pairs) == 300 and (res.pairs.filter(like="p_") >= 0.01).all().all()
+
+
+def test_null_calibration_methods_modes_and_cache(tmp_path: Path, monkeypatch):
+    xyz, hemis = _hemisphere_points(15, seed=7)
+    kwargs = dict(hemispheres=hemis, n_pairs=4, n_null=19, length_mm=30.0, seed=3, both_hemisphere_modes=True,
+                  other_methods=["brainsmash"])
+    res = gn.cached_null_calibration(xyz, cache_dir=tmp_path, **kwargs)
+    assert list(res.table["method"]) == ["moran_whole_brain", "moran_per_hemisphere", "surrogates_whole_brain",
+                                         "surrogates_per_hemisphere", "naive_parcel_shuffle"]
+    assert list(res.table["configured"]) == [True, False, False, False, False]
+    row = res.table.iloc[-1]
+    assert row["n_false_positive"] == int((res.pairs["p_naive_parcel_shuffle"] < 0.05).sum())
+    assert row["false_positive_rate"] == row["n_false_positive"] / 4 and row["ci_low"] <= row["ci_high"]
+    assert len(list(tmp_path.glob("nullcalibration_*.json"))) == 1
+    monkeypatch.setattr(gn, "null_calibration", lambda *a, **k: pytest.fail("cache not reused"))
+    again = gn.cached_null_calibration(xyz, cache_dir=tmp_path, **kwargs)
+    pd.testing.assert_frame_equal(again.table, res.table)
+    pd.testing.assert_frame_equal(again.pairs, res.pairs)
+
+
+def test_calibration_and_gene_figures_draw(tmp_path: Path):
+    from bids_ketamine.connectivity.null_figures import calibration_figure, gene_null_figure
+
+    xyz, hemis = _hemisphere_points(15, seed=7)
+    res = gn.null_calibration(xyz, hemispheres=hemis, n_pairs=6, n_null=19, seed=1, both_hemisphere_modes=True)
+    fig = calibration_figure(res.table, res.pairs)
+    assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 3       # one bar per method
+    fig.savefig(tmp_path / "cal.svg")
+    table = pd.DataFrame({"gene": ["A"], "r": [0.5], "p_spatial": [0.2], "p_naive": [0.01]})
+    fig = gene_null_figure(table, {"A": np.linspace(-0.6, 0.6, 50)}, {"A": np.linspace(-0.2, 0.2, 50)}, title="t")
+    assert fig.axes[0].lines[0].get_xdata()[0] == pytest.approx(0.5)  # the observed r is marked
+    fig.savefig(tmp_path / "gene.svg")
 
 
 def test_complete_ahba_layout_accepted(tmp_path: Path):

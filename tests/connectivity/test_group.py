@@ -115,8 +115,10 @@ def test_group_level_outputs_planted_structure_and_genes(tmp_path: Path, planted
     assert abs(genes.loc["LIKEPC1", "r"]) > 0.8 and genes.loc["LIKEPC1", "p_spatial"] <= 0.02
     assert genes.loc["LIKEPC1", "n_parcels"] == (atlas.labels["structure"] == "cortex").sum()
     calib = pd.read_csv(g / f"atlas-{atlas.name}_desc-nullcalibration_stats.tsv", sep="\t")
-    assert list(calib["method"]) == ["surrogates_whole_brain", "surrogates_per_hemisphere", "naive_parcel_shuffle"]
+    assert list(calib["method"]) == ["moran_whole_brain", "moran_per_hemisphere", "naive_parcel_shuffle"]
     assert list(calib["configured"]) == [True, False, False] and (calib["n_pairs"] == 6).all()
+    assert (g / "figures" / f"atlas-{atlas.name}_desc-genenullcalibration_fpr.svg").is_file()
+    assert (g / "figures" / f"atlas-{atlas.name}_desc-ketaminepc1genes_null.svg").is_file()
     assert all(p.exists() for p in written)
     assert list((tmp_path / "work" / "surrogates").glob("surrogates_*.npy"))  # cached for reuse
 
@@ -156,3 +158,22 @@ def test_bad_tables_refused(tmp_path: Path):
     path.write_text("parcel\tdelta_gbc\nA\t0.1\nA\t0.2\n")
     with pytest.raises(BadDataError, match="appears twice"):
         group.read_delta_table(path)
+
+
+def test_atlas_regions_sharing_a_centroid_are_refused_with_the_atlas_named(atlas):
+    """Two cortical regions emptied from the volume both sit at the origin: no inverse-distance weight exists."""
+    import dataclasses
+
+    import nibabel as nib
+
+    data = atlas.data().copy()
+    cortex = atlas.labels.query("structure == 'cortex'")
+    for index in cortex["index"].iloc[:2]:
+        data[data == index] = 0
+    broken = dataclasses.replace(atlas, image=nib.Nifti1Image(data, atlas.image.affine))
+    with pytest.raises(BadDataError, match="share one centroid") as err:
+        group._gene_parcels(broken, broken.names, ["cortex"])
+    message = str(err.value)
+    assert cortex["name"].iloc[0] in message and cortex["name"].iloc[1] in message and err.value.exit_code == 65
+    chosen, xyz, _ = group._gene_parcels(atlas, atlas.names, ["cortex"])  # the intact atlas passes
+    assert len(chosen) == len(cortex) and np.isfinite(xyz).all()

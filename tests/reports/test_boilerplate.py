@@ -124,3 +124,18 @@ def test_the_model_the_analysis_recorded_is_quoted(tmp_path):
     text = _text(out)
     assert "The fitted models, as recorded with the results: MixedLM (REML): value ~ time * pretreatment" in text
     assert "as recorded with the results" not in _text(_run_folder(tmp_path / "other"))
+
+
+def test_the_gene_null_named_is_the_one_configured(tmp_path):
+    """Moran spectral randomisation by default (cited to Wagner & Dray), BrainSMASH per hemisphere when chosen."""
+    params = copy.deepcopy(DEFAULT_PARAMETERS)
+    params["connectivity"]["gene_table"] = "genes.tsv"
+    moran = build_methods(_run_folder(tmp_path / "a", parameters=params))
+    text = methods_markdown(moran)
+    assert "Moran spectral randomisation" in text and "generated over the whole brain" in text
+    assert "wagner2015" in moran.references and "brainsmash" not in moran.references
+    params["connectivity"].update(surrogate_method="brainsmash", surrogate_per_hemisphere=True)
+    smash = build_methods(_run_folder(tmp_path / "b", parameters=params))
+    text = methods_markdown(smash)
+    assert "BrainSMASH" in text and "generated per hemisphere" in text and "Moran" not in text
+    assert "brainsmash" in smash.references and "wagner2015" not in smash.references
