@@ -272,9 +272,10 @@ def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[di
             module = ANALYSES[name].module("group")
             work = cfg.work_dir / "group" / name
             work.mkdir(parents=True, exist_ok=True)
+            # on a dask cluster joblib sizes the work to the cluster; n_jobs=1 would make analyses bypass joblib
             outputs = module.run_group(cfg.output_dir, participants=participants, sessions=sessions,
                                        params=cfg.params(name), design=cfg.design, writer=writer, work_dir=work,
-                                       seed=cfg.random_seed, n_jobs=cfg.nprocs)
+                                       seed=cfg.random_seed, n_jobs=-1 if cfg.dask_scheduler else cfg.nprocs)
             results[name] = {"ok": True, "outputs": [str(p) for p in outputs or []]}
         except BidsKetamineError as exc:
             print(f"bids-ketamine: group {name} failed: {exc}", file=sys.stderr)

@@ -17,32 +17,13 @@ from bids_ketamine.errors import (
     EXIT_USAGE,
     BidsKetamineError,
     MissingInputError,
-    NoMatchError,
     UnsupportedLevelError,
     UsageError,
 )
 
+from bids_ketamine.logs import setup_logging
+
 LOG = logging.getLogger("bids_ketamine")
-
-
-def _setup_logging(verbose: int, log_file: Path | None = None) -> None:
-    level = logging.WARNING if verbose < 0 else (logging.INFO if verbose <= 1 else logging.DEBUG)
-    root = logging.getLogger("bids_ketamine")
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(level)
-    console.setFormatter(logging.Formatter("%(asctime)s [bids-ketamine] %(message)s", "%H:%M:%S"))
-    root.addHandler(console)
-    root.propagate = False
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -118,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage -> BIDS-Apps 64
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         cfg = build_config(args)
         return run(cfg)

@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ def run_one(state_file: str, subject: str, analysis: str) -> dict[str, Any]:
     with open(state_file, "rb") as handle:
         state = pickle.load(handle)
     cfg, inputs = state["config"], state["inputs"][subject]
+    from bids_ketamine.logs import ensure_logging
+
+    ensure_logging(cfg.verbose)  # a MultiProc or cluster worker starts with no handler: progress would vanish
     threads = str(cfg.omp_nthreads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
         os.environ[var] = threads
@@ -81,8 +85,11 @@ def quiet_nipype(work: Path, verbose: int) -> None:
     nipype_logging.update_logging(nipype_config)
 
 
-def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir: Path):
-    """A workflow with one ``RunAnalysis`` node per (subject, analysis)."""
+def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir: Path, omp_nthreads: int = 1):
+    """A workflow with one ``RunAnalysis`` node per (subject, analysis).
+
+    Each node declares ``omp_nthreads`` processors, so MultiProc runs at most ``nprocs / omp_nthreads`` at once.
+    """
     from nipype.pipeline import engine as pe
 
     from bids_ketamine.workflows.interfaces import RunAnalysis
@@ -90,7 +97,8 @@ def init_participant_wf(state_file: Path, jobs: list[tuple[str, str]], work_dir:
     wf = pe.Workflow(name="bids_ketamine_participant", base_dir=str(work_dir))
     for subject, analysis in jobs:
         node = pe.Node(RunAnalysis(state_file=str(state_file), subject=subject, analysis=analysis),
-                       name=f"sub_{subject}_{analysis}", mem_gb=NODE_MEM_GB.get(analysis, 2.0), overwrite=True)
+                       name=f"sub_{subject}_{analysis}", mem_gb=NODE_MEM_GB.get(analysis, 2.0), n_procs=omp_nthreads,
+                       overwrite=True)
         wf.add_nodes([node])
     return wf
 
@@ -100,9 +108,17 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
     """Run every job; return their statuses (in job order)."""
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    state_file = work / "participant_state.pkl"
+    # a name of its own per run: concurrent jobs share the default work folder (inside OUTPUT_DIR)
+    state_file = work / f"participant_state_{uuid.uuid4().hex}.pkl"
     with open(state_file, "wb") as handle:
         pickle.dump({"config": cfg, "inputs": inputs, "dataset_links": dataset_links, "container": container}, handle)
+    try:
+        return _run_jobs(cfg, state_file, jobs, work)
+    finally:
+        state_file.unlink(missing_ok=True)
+
+
+def _run_jobs(cfg, state_file: Path, jobs: list[tuple[str, str]], work: Path) -> list[dict[str, Any]]:
     if cfg.stop_on_first_crash or (cfg.nprocs == 1 and cfg.use_plugin is None):
         statuses = []
         for subject, analysis in jobs:
@@ -114,7 +130,7 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
                 break
         return statuses
     quiet_nipype(work, cfg.verbose)
-    wf = init_participant_wf(state_file, jobs, work)
+    wf = init_participant_wf(state_file, jobs, work, omp_nthreads=cfg.omp_nthreads)
     # forkserver: worker processes must not inherit the parent's threads and locks (fork after threads deadlocks)
     plugin, plugin_args = "MultiProc", {"n_procs": cfg.nprocs, "raise_insufficient": False,
                                         "mp_context": "forkserver"}
@@ -126,6 +142,9 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
         settings = yaml.safe_load(Path(cfg.use_plugin).read_text()) or {}
         plugin = settings.get("plugin", plugin)
         plugin_args = {**plugin_args, **settings.get("plugin_args", {})}
+        # nipype's SLURM/SGE/PBS plugins name jobs after $LOGNAME and fail with a KeyError where batch or
+        # container environments do not set it
+        os.environ.setdefault("LOGNAME", _login_name())
     wf.run(plugin=plugin, plugin_args=plugin_args)
     statuses = []
     for subject, analysis in jobs:
@@ -136,6 +155,15 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
         statuses.append(status)
         _log_status(status)
     return statuses
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry
+        return f"uid{os.getuid()}"
 
 
 def _log_status(status: dict[str, Any]) -> None:
