@@ -309,7 +309,11 @@ class DerivativesWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=extension, dir=target.parent)
         os.close(fd)
         try:
-            fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None} if extension == ".svg" else None)
+            import matplotlib
+
+            # a fixed salt for the SVG element ids (random per process otherwise): same figure, same bytes
+            with matplotlib.rc_context({"svg.hashsalt": "bids_ketamine"}):
+                fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None} if extension == ".svg" else None)
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -101,3 +100,19 @@ def test_twenty_parallel_jobs_share_one_output_folder(tmp_path):
         assert pd.read_csv(root / f"sub-{i:02d}" / f"sub-{i:02d}_morph.tsv", sep="\t")["v"].tolist() == [i]
     leftovers = [p for p in root.rglob("*.tmp")] + [p for p in root.rglob(".*.tsv.*")]
     assert not leftovers
+
+
+def test_the_same_svg_figure_is_byte_identical_across_processes(tmp_path):
+    """matplotlib salts SVG ids randomly per process; the writer fixes the salt so re-runs give the same bytes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
+            "from bids_ketamine.io.derivatives import DerivativesWriter; "
+            "fig, ax = plt.subplots(); ax.plot([0, 1, 2], [1, 0, 2]); ax.fill_between([0, 1], 0, 1); "
+            "DerivativesWriter(sys.argv[1]).write_figure(fig, entities={'sub': '01', 'desc': 'x'}, suffix='plot')")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    first, second = (tmp_path / n / "sub-01" / "figures" / "sub-01_desc-x_plot.svg" for n in "ab")
+    assert b"clipPath id=" in first.read_bytes()  # the ids the salt feeds are there
+    assert first.read_bytes() == second.read_bytes()
