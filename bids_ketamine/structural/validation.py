@@ -23,6 +23,7 @@ from sklearn.base import clone
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
 from bids_ketamine.errors import BadDataError
+from bids_ketamine.progress import progress
 from bids_ketamine.structural.metrics import balanced_accuracy
 from bids_ketamine.structural.svm_solver import balanced_upper_bounds, decision_from_dual, \
     resolve_intercept_scaling, solve_c_path, solve_dual_batch
@@ -172,10 +173,16 @@ def nested_cv(data, labels: np.ndarray, make_preprocessor: Callable, *, c_grid, 
     """
     label_sets = permuted_label_sets(labels, n_permutations, seed)
     c_grid = np.sort(np.asarray(c_grid, dtype=float))
-    results = Parallel(n_jobs=n_jobs)(
-        delayed(_outer_fold_scores)(split, data, make_preprocessor, label_sets, c_grid, tol, intercept_scaling)
-        for split in splits)
+    tasks = (delayed(_outer_fold_scores)(split, data, make_preprocessor, label_sets, c_grid, tol, intercept_scaling)
+             for split in splits)
+    results = []
     n_repeats = max(s.repeat for s in splits) + 1
+    desc = f"nested CV, {n_repeats} repeats" + (f" x {n_permutations} permutations" if n_permutations else "")
+    with progress(total=len(splits), desc=desc, unit="outer folds") as bar:  # counts only: results are unchanged
+        for split, result in zip(splits, Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
+            results.append(result)
+            bar.update(1)
+            bar.set_postfix(repeat=split.repeat + 1, fold=split.fold + 1)
     n_folds = max(s.fold for s in splits) + 1
     scores = np.full((n_repeats, label_sets.shape[0], label_sets.shape[1]), np.nan)
     chosen = np.full((n_repeats, n_folds, label_sets.shape[1]), np.nan)

@@ -96,3 +96,25 @@ def test_step_names_participant_analysis_and_step(log_lines):
 def test_wrapping_nothing_cannot_be_iterated():
     with pytest.raises(TypeError, match="wraps no iterable"):
         iter(progress(total=3, mode="off")).__next__()
+
+
+def test_progress_of_a_participant_reaches_the_log_from_a_multiproc_worker(small_demo, tmp_path):
+    """With --nprocs 2 the analysis runs in a nipype worker process; its step and progress lines still appear."""
+    import os
+    import subprocess
+    import sys
+
+    root, code = small_demo
+    assert code == 0
+    env = {**os.environ, "BIDS_KETAMINE_PROGRESS": "log"}
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "bids-ketamine"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bids_ketamine.cli.run"]
+    proc = subprocess.run([*command, str(root / "bids"), str(tmp_path / "out"),
+                           "participant", "--participant-label", "m001", "--analyses", "spectroscopy",
+                           "--nprocs", "2", "-w", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sub-m001 | spectroscopy | fitting" in proc.stderr
+    assert "sub-m001 fMRS fits: done" in proc.stderr

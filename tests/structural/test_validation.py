@@ -120,3 +120,25 @@ def test_pipeline_fit_is_label_free_before_the_svm():
     zb = b[:-1].transform(data)
     assert np.array_equal(za, zb)
     assert np.allclose(a.decision_function(data), -b.decision_function(data), atol=1e-2)
+
+
+def test_progress_logs_start_and_end_only_and_never_changes_results(monkeypatch, bids_ketamine_log):
+    """Off a terminal the permutation loop logs a start and an end line (no line per fold); scores are unchanged."""
+    cohort = simulate_cohort(40, 10, mahalanobis=1.0, seed=8)
+    data, spec = _data(cohort)
+    splits = make_splits(cohort.labels, outer_folds=3, inner_folds=3, repeats=3, seed=8)
+
+    def run():
+        return nested_cv(data, cohort.labels, PreprocessorFactory(spec), c_grid=(0.1, 1.0), splits=splits,
+                         n_permutations=5, seed=8)
+
+    monkeypatch.setenv("BIDS_KETAMINE_PROGRESS", "off")
+    quiet = run()
+    monkeypatch.setenv("BIDS_KETAMINE_PROGRESS", "log")
+    with bids_ketamine_log() as records:
+        logged = run()
+    assert records[0] == "nested CV, 3 repeats x 5 permutations: started (9 outer folds)"
+    assert records[-1].startswith("nested CV, 3 repeats x 5 permutations: done, 9 outer folds in ")
+    assert len(records) <= 3  # at most one progress line per 30 s in between
+    assert quiet.scores.tobytes() == logged.scores.tobytes()
+    assert quiet.chosen_c.tobytes() == logged.chosen_c.tobytes()
