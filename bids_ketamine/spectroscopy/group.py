@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from bids_ketamine.errors import MissingInputError
+from bids_ketamine.spectroscopy.basis import is_macromolecule
 
 LOG = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     outputs: list[Path] = []
     metabolites = params.group_metabolites
     if metabolites is None:
-        present = [m for m in fits["metabolite"].unique() if m not in ("tNAA",)]
+        # metabolites only: macromolecule and lipid components are nuisance signals of the fit, not outcomes
+        present = [m for m in fits["metabolite"].unique() if m not in ("tNAA",) and not is_macromolecule(m)]
         metabolites = ("Glx", *sorted(m for m in present if m != "Glx"))
     coef_tables, courses, frames = [], [], []
     for met in metabolites:

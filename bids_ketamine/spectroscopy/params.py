@@ -58,7 +58,8 @@ class SpectroscopyParams(BaseModel):
     ratio_denominators: tuple[str, ...] = Field(("tCr", "tNAA"), description="Ratios reported in the table.")
     max_crlb_percent: float = Field(50.0, gt=0, description="QC: concentrations with a larger CRLB % are flagged.")
     group_metabolites: tuple[str, ...] | None = Field(
-        None, description="Ratios modelled at group level; None = Glx/tNAA first, then every metabolite / tNAA.")
+        None, description="Ratios modelled at group level; None = Glx/tNAA first, then every metabolite / tNAA "
+        "(macromolecule and lipid components left out).")
     model_from_minute: float = Field(0.0, description="Group model uses blocks whose centre is at or after this "
                                      "many minutes from the infusion onset.")
     figures: bool = Field(True, description="Write a fit figure per spectrum and group time-course figures.")

@@ -322,7 +322,7 @@ def test_participant_writes_voxel_fit_and_timecourse_figures_the_report_finds(tm
 def _fit_rows(subject: str, ses: str, pre: str, slope: float) -> pd.DataFrame:
     rows = []
     for b in range(-1, 4):
-        for met, conc in (("Glx", 10 + slope * b), ("mI", 6 - slope * b), ("tNAA", 12.0)):
+        for met, conc in (("Glx", 10 + slope * b), ("mI", 6 - slope * b), ("MM20", 4.0 + 0.1 * b), ("tNAA", 12.0)):
             rows.append({"participant_id": subject, "session_id": ses, "pretreatment": pre, "block": b,
                          "block_start_min": 4.0 * b, "block_time_min": 4.0 * b + 2, "n_transients": 16,
                          "metabolite": met, "concentration": conc, "crlb": 0.3, "crlb_percent": 3.0,
@@ -356,6 +356,16 @@ def test_group_writes_timecourse_and_madrs_figures_the_report_finds(tmp_path):
     for rel, key in expected.items():
         assert (out / rel).stat().st_size > 5000, rel
         assert match_rule("group", "spectroscopy", "figure", rel).key == key, rel
+
+
+def test_group_models_metabolites_only_by_default(tmp_path):
+    """Glx/tNAA first, then every other metabolite; the macromolecule component MM20 is not an outcome."""
+    out = tmp_path / "out"
+    participants, sessions = _group_inputs(out)
+    group.run_group(out, participants=participants, sessions=sessions, params=SpectroscopyParams(figures=False),
+                    design=StudyDesign(), writer=DerivativesWriter(out), work_dir=tmp_path, seed=0)
+    table = pd.read_csv(out / "group" / "spectroscopy" / "desc-fmrslmm_stats.tsv", sep="\t")
+    assert list(dict.fromkeys(table["outcome"])) == ["Glx/tNAA", "mI/tNAA"]
 
 
 def test_group_timecourse_figure_is_named_after_the_metabolite_drawn(tmp_path):
