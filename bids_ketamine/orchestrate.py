@@ -251,8 +251,12 @@ def resampling_backend(dask_scheduler: str | None) -> Iterator[None]:
         from dask.distributed import Client
     except ImportError as exc:
         raise UsageError("--dask-scheduler needs dask.distributed", fix="pip install 'bids_ketamine[dask]'") from exc
+    import dask
+
+    # dask's own connect timeout (30 s unless the user's dask config or DASK_* environment says otherwise)
+    timeout = dask.config.get("distributed.comm.timeouts.connect", default="30s")
     try:
-        client = Client(dask_scheduler, timeout="30s")
+        client = Client(dask_scheduler, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise TemporaryFailure(f"cannot reach the dask scheduler at {dask_scheduler} ({exc})",
                                fix="check the address and that the scheduler is running") from exc

@@ -106,8 +106,13 @@ def test_unreachable_scheduler_is_a_temporary_failure_with_one_line(small_demo, 
     copy = _without_group_outputs(root / "outputs", tmp_path / "outputs")
     address = f"tcp://127.0.0.1:{_closed_port()}"
     capsys.readouterr()
-    exit_code = main([str(root / "bids"), str(copy), "group", "--skip-bids-validation", "--random-seed", "5",
-                      "--dask-scheduler", address])
+    import dask
+
+    started = time.monotonic()
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):  # the user's dask config sets the wait
+        exit_code = main([str(root / "bids"), str(copy), "group", "--skip-bids-validation", "--random-seed", "5",
+                          "--dask-scheduler", address])
+    assert time.monotonic() - started < 25, "the configured 3 s connect timeout was not used"
     assert exit_code == EXIT_TEMPORARY
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bids-ketamine: ")]
     assert len(lines) == 1, lines
