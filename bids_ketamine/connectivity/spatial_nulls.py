@@ -17,6 +17,9 @@ The test is conditional on the map's spectrum: when a very smooth map has most o
 patterns (a whole-brain gradient), the null distribution of r with a gene is bimodal (the sign of that gradient is
 flipped or not), which is the right null for that map, not a defect.
 Cost: one eigendecomposition per parcel set (cached), then a matrix product per batch of surrogates.
+Why not BrainSpace's MoranRandomization: the same method, but BrainSpace requires VTK (a 1.2 GB environment) for
+one eigendecomposition; its p values are the reference of ``test_moran_p_values_agree_with_brainspace``
+(20 map pairs, largest difference 0.012 at 10,000 surrogates).
 """
 
 from __future__ import annotations
