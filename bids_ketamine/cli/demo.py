@@ -52,6 +52,13 @@ def main(argv: list[str]) -> int:
         print("demo: no analysis is built yet; the synthetic study is written, nothing else to run.")
         return EXIT_OK
     common = ["--random-seed", str(args.random_seed), "--analyses", ",".join(analyses)]
+    genes = bids_dir / "code" / "genes.tsv"
+    if "connectivity" in analyses and genes.is_file():
+        # the study's synthetic gene table feeds the gene analysis, configured as a user would: a config file
+        config = root / "demo_config.toml"
+        config.write_text("# written by `bids-ketamine demo`: the synthetic study's parcels x genes table\n"
+                          f"[connectivity]\ngene_table = {json.dumps(str(genes))}\n")
+        common += ["--config-file", str(config)]
     if args.nprocs:
         common += ["--nprocs", str(args.nprocs)]
     for level in ("participant", "group"):

@@ -419,3 +419,30 @@ def write_synthetic_bold_cohort(bids_root: Path, fmriprep_root: Path, subjects: 
             _write_bytes(der_dir / f"{stem}_desc-confounds_timeseries.tsv", text.encode())
             _write_json(der_dir / f"{stem}_desc-confounds_timeseries.json", CONFOUNDS_SIDECAR)
     return truth
+
+
+def write_synthetic_gene_table(path: Path, truth: dict[str, Any], *, seed: int, n_random: int = 4,
+                               planted_r: float = 0.8) -> dict[str, Any]:
+    """A parcels x genes table for the cortex of the default atlas, the demo's stand-in for AHBA expression.
+
+    ``PLANTED_C1`` follows the first planted delta-GBC component (correlation ``planted_r`` in expectation, the rest
+    independent noise); ``RANDOM1..`` are smooth Gaussian fields (30 mm) unrelated to anything. Written so the demo
+    exercises the gene analysis end to end; the values are synthetic, not expression data. Returns its ground truth.
+    """
+    from bids_ketamine.atlas import load_default_atlas
+    from bids_ketamine.connectivity.genes import smooth_random_maps
+
+    atlas = load_default_atlas()
+    cortex = atlas.labels.query("structure == 'cortex'")["name"].tolist()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    c1 = np.array([truth["components"]["C1"][p] for p in cortex])
+    c1 = (c1 - c1.mean()) / c1.std()
+    planted = planted_r * c1 + np.sqrt(1 - planted_r ** 2) * rng.standard_normal(c1.size)
+    xyz = atlas.centroids_mm().loc[cortex].to_numpy()
+    table = pd.DataFrame({"parcel": cortex, "PLANTED_C1": planted.round(6)})
+    for k, values in enumerate(smooth_random_maps(xyz, n_random, length_mm=30.0, rng=rng), start=1):
+        table[f"RANDOM{k}"] = values.round(6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes(path, table.to_csv(sep="\t", index=False, lineterminator="\n").encode())
+    return {"table": path.name, "planted_gene": "PLANTED_C1", "planted_component": "C1",
+            "planted_r_expected": planted_r, "random_genes": [f"RANDOM{k}" for k in range(1, n_random + 1)]}

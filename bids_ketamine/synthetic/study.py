@@ -189,6 +189,9 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
             root, fmriprep, labels, conditions, n_components=spec.n_components,
             seed=derived_seed(seed, "bold"), n_volumes=spec.n_volumes)
         truth["connectivity"]["n_components"] = spec.n_components
+        # a synthetic parcels x genes table (one gene follows planted component C1) so the gene analysis has input
+        truth["connectivity"]["genes"] = bold.write_synthetic_gene_table(
+            root / "code" / "genes.tsv", truth["connectivity"], seed=derived_seed(seed, "genes"))
 
     # ---------------------------------------------------------------- spectroscopy crossover
     if "mrs" in parts:

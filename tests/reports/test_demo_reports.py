@@ -96,6 +96,9 @@ def test_group_report_of_the_demo(chromium, demo_outputs, tmp_path):
     assert list(result.sections) == GROUP_IDS
     assert result.n_images > 0
     assert _missing(result, GROUP_ITEMS) == []
+    # the gene item is the demo's real gene analysis (its synthetic gene table), not only the null calibration
+    figures = {p.name for p in (demo_outputs / "group" / "figures").iterdir()}
+    assert any(name.endswith("pc1genes_null.svg") for name in figures), sorted(figures)
 
 
 @pytest.fixture(scope="module")
