@@ -82,3 +82,10 @@ def output_differences(a: Path, b: Path) -> list[str]:
         if data_a != data_b:
             problems.append(f"differs: {rel.as_posix()} ({_first_difference(data_a, data_b)})")
     return problems
+
+
+def demo_config(root: Path) -> Path:
+    """The config file the demo ran with (its gene table): a re-run must pass it to reproduce the demo's outputs."""
+    path = Path(root) / "demo_config.toml"
+    assert path.is_file(), f"the demo wrote no {path.name} in {root}"
+    return path

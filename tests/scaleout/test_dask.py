@@ -18,7 +18,7 @@ import pytest
 from bids_ketamine.cli.run import main
 from bids_ketamine.errors import EXIT_TEMPORARY
 
-from .compare import output_differences
+from .compare import demo_config, output_differences
 
 distributed = pytest.importorskip("distributed")
 
@@ -72,6 +72,7 @@ def test_group_level_on_a_dask_cluster_equals_the_local_run(small_demo, cluster,
     started = time.time()
     # --nprocs 1: the local process budget must not keep the resampling off the cluster
     exit_code = main([str(root / "bids"), str(copy), "group", "--skip-bids-validation", "--random-seed", "5",
+                      "--config-file", str(demo_config(root)),
                       "--analyses", "structural,connectivity,spectroscopy", "--nprocs", "1",
                       "--dask-scheduler", cluster.scheduler_address])
     elapsed = time.time() - started
@@ -111,6 +112,7 @@ def test_unreachable_scheduler_is_a_temporary_failure_with_one_line(small_demo, 
     started = time.monotonic()
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):  # the user's dask config sets the wait
         exit_code = main([str(root / "bids"), str(copy), "group", "--skip-bids-validation", "--random-seed", "5",
+                          "--config-file", str(demo_config(root)),
                           "--dask-scheduler", address])
     assert time.monotonic() - started < 25, "the configured 3 s connect timeout was not used"
     assert exit_code == EXIT_TEMPORARY

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .compare import output_differences
+from .compare import demo_config, output_differences
 from .slurm import SlurmUnavailable, destroy, ensure_slurm, start_cluster, versions
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
@@ -113,6 +113,7 @@ def test_array_and_dependent_group_job_reproduce_the_serial_run(small_demo, slur
     env = {**slurm_cluster.env, "PATH": f"{Path(sys.executable).parent}:{slurm_cluster.env['PATH']}",
            "BIDS_DIR": str(bids), "OUTPUT_DIR": str(outputs), "BIDS_DB": str(tmp_path / "pybids_db"),
            "WORK_ROOT": str(tmp_path / "work"), "SEED": "5", "ANALYSES": ",".join(demo_analyses()),
+           "CONFIG": str(demo_config(root)),
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     started = time.monotonic()
     submit = subprocess.run(["bash", str(jobs / "submit.sh")], env=env, cwd=tmp_path, capture_output=True,
