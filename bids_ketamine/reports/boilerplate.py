@@ -277,12 +277,26 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             + (f" of {subsample} subjects" if subsample and subsample != "none" else
                " of the size of the smallest drug group") + ", compared across drugs by one-way ANOVA with "
             "Bonferroni-corrected post hoc tests.",
-            ("Component maps were correlated with cortical gene expression (Allen Human Brain Atlas [ahba], via "
-             "abagen [abagen]) and tested against " + (f"{surrogates} " if surrogates else "")
+            ("Component maps were correlated with " + _gene_source_text(p) + " and tested against "
+             + (f"{surrogates} " if surrogates else "")
              + "spatially autocorrelated surrogate maps (" + _surrogate_text(p) + "), with false discovery rate "
              "control across genes [bh]" + (f" at {fdr}" if fdr else "") + ".") if genes_configured else None,
         ]))
     return paras
+
+
+def _gene_source_text(p: _Lookup) -> str:
+    """Where the gene expression came from: a user's parcels x genes table (named) or the AHBA through abagen."""
+    table = p.get("gene_table")
+    structures = p.get("gene_structures")
+    if structures in (None, "cortex", ["cortex"]):
+        where = "cortical "
+    else:
+        names = [structures] if isinstance(structures, str) else list(structures)
+        where = " and ".join(str(n) for n in names) + " "
+    if table not in (None, ""):
+        return f"the {where}gene expression values of a supplied parcels x genes table ({Path(str(table)).name})"
+    return f"{where}gene expression (Allen Human Brain Atlas [ahba], via abagen [abagen])"
 
 
 def _surrogate_text(p: _Lookup) -> str:
@@ -432,7 +446,7 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
     recorded = folder.parameters()
     design = {}
     software: dict[str, str] = {}
-    for run in folder.runs:  # later runs override earlier ones
+    for run in folder.productive_runs():  # later runs override earlier ones
         design = (run.data.get("config") or {}).get("design") or design
         software.update(run.data.get("software") or {})
         software.setdefault("bids_ketamine", str(run.data.get("version", __version__)))
@@ -485,7 +499,7 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
 
 
 def _seed(folder: OutputFolder) -> Any:
-    for run in reversed(folder.runs):
+    for run in reversed(folder.productive_runs()):
         seed = (run.data.get("config") or {}).get("random_seed")
         if seed is not None:
             return seed

@@ -36,6 +36,17 @@ class RunRecord:
         chosen = (self.data.get("config") or {}).get("analyses")
         return list(chosen) if chosen else None
 
+    def computed(self, analysis: str | None = None) -> bool:
+        """Whether this run produced results (for ``analysis``, or for any): a re-run that skipped every finished
+        participant, or whose analyses all failed, describes nothing on disk."""
+        if self.level == "participant":
+            return any(s.get("ok") and (analysis is None or str(s.get("analysis")) == analysis)
+                       for s in self.data.get("jobs") or [])
+        if self.level == "group":
+            return any(s.get("ok") and (analysis is None or str(name) == analysis)
+                       for name, s in (self.data.get("group") or {}).items())
+        return False
+
 
 @dataclass
 class OutputFolder:
@@ -88,13 +99,24 @@ class OutputFolder:
                 statuses[str(name)] = {**status, "run": run.path.name}
         return statuses
 
+    def productive_runs(self) -> list[RunRecord]:
+        """The runs that produced results, oldest first; all runs when none did (nothing else describes the folder)."""
+        return [r for r in self.runs if r.computed()] or list(self.runs)
+
     def parameters(self) -> dict[str, dict[str, Any]]:
-        """Parameters per analysis as the latest run of each level recorded them (group overrides participant)."""
-        merged: dict[str, dict[str, Any]] = {}
-        for run in self.runs:
+        """Parameters per analysis from the latest run that computed it, group level over participant level.
+
+        A later run that computed nothing for an analysis (a re-run that skipped finished participants, a
+        ``--reports-only`` pass with other options) does not change what the results were made with.
+        """
+        computed: dict[str, dict[str, Any]] = {}
+        fallback: dict[str, dict[str, Any]] = {}
+        for run in sorted(self.runs, key=lambda r: (r.level == "group", r.stamp)):
             for name, values in run.parameters.items():
-                merged[name] = values
-        return merged
+                fallback[name] = values
+                if run.computed(name):
+                    computed[name] = values
+        return {**fallback, **computed}
 
     # ------------------------------------------------------------------ files
     def subjects(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,3 +140,41 @@ def test_the_gene_null_named_is_the_one_configured(tmp_path):
     text = methods_markdown(smash)
     assert "BrainSMASH" in text and "generated per hemisphere" in text and "Moran" not in text
     assert "brainsmash" in smash.references and "wagner2015" not in smash.references
+
+
+def test_the_gene_source_named_is_the_one_configured(tmp_path):
+    """A supplied table is named as such (not as Allen atlas data); the AHBA copy is cited to the AHBA and abagen."""
+    params = copy.deepcopy(DEFAULT_PARAMETERS)
+    params["connectivity"]["gene_table"] = "/study/code/genes.tsv"
+    table = build_methods(_run_folder(tmp_path / "a", parameters=params))
+    text = methods_markdown(table)
+    assert "cortical gene expression values of a supplied parcels x genes table (genes.tsv)" in text
+    assert "Allen" not in text and "ahba" not in table.references and "abagen" not in table.references
+    params["connectivity"].update(gene_table=None, ahba_dir="/data/ahba", gene_structures=["cortex", "subcortex"])
+    ahba = build_methods(_run_folder(tmp_path / "b", parameters=params))
+    text = methods_markdown(ahba)
+    assert "cortex and subcortex gene expression (Allen Human Brain Atlas [" in text
+    assert {"ahba", "abagen"} <= set(ahba.references)
+
+
+def test_a_later_run_that_computed_nothing_does_not_change_the_methods(tmp_path):
+    """The methods describe the runs that made the results: a participant re-run that skipped every finished
+    participant, started with other options (no gene table, another seed), leaves the text as it was."""
+    params = copy.deepcopy(DEFAULT_PARAMETERS)
+    params["connectivity"]["gene_table"] = "genes.tsv"
+    out = _run_folder(tmp_path, parameters=params, seed=5)
+    before = _text(out)
+    assert "genes.tsv" in before and "Random seed: 5." in before
+    writer = DerivativesWriter(out)
+    other = {"random_seed": 42, "analyses": ["structural", "connectivity", "spectroscopy"],
+             "parameters": copy.deepcopy(DEFAULT_PARAMETERS)}
+    time.sleep(1.1)  # run records are stamped to the second
+    record_run(SimpleNamespace(level="participant", output_dir=out, as_record=lambda: other), writer, {"jobs": []})
+    assert len(list((out / "logs").glob("run-*.json"))) == 3
+    assert _text(out) == before
+    # a later run that did compute (here: the group level again, now without the table) is what the text describes
+    time.sleep(1.1)
+    record_run(SimpleNamespace(level="group", output_dir=out, as_record=lambda: other), writer,
+               {"group": {"connectivity": {"ok": True, "outputs": []}}})
+    after = _text(out)
+    assert "genes.tsv" not in after and "Random seed: 42." in after
