@@ -388,16 +388,10 @@ def run_analyses(folder: OutputFolder) -> tuple[list[str], set[str], list[str]]:
     group: set[str] = set()
     attempted: set[str] = set()
     for run in folder.runs:
-        if run.level == "participant":
-            for status in run.data.get("jobs") or []:
-                (ran if status.get("ok") else attempted).add(str(status.get("analysis")))
-        elif run.level == "group":
-            for name, status in (run.data.get("group") or {}).items():
-                if status.get("ok"):
-                    group.add(str(name))
-                    ran.add(str(name))
-                else:
-                    attempted.add(str(name))
+        for name, ok in run.outcomes():
+            (ran if ok else attempted).add(name)
+            if ok and run.level == "group":
+                group.add(name)
     for marker in (folder.root / ".bids_ketamine" / "done").glob("sub-*_*.json"):
         ran.add(marker.stem.split("_", 1)[1])
     ordered = [a for a in ANALYSIS_NAMES if a in ran]

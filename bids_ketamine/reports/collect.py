@@ -36,16 +36,19 @@ class RunRecord:
         chosen = (self.data.get("config") or {}).get("analyses")
         return list(chosen) if chosen else None
 
+    def outcomes(self) -> list[tuple[str, bool]]:
+        """``(analysis, succeeded)`` for every participant job or group analysis this run recorded (skipped,
+        already finished participants are not recorded)."""
+        if self.level == "participant":
+            return [(str(s.get("analysis")), bool(s.get("ok"))) for s in self.data.get("jobs") or []]
+        if self.level == "group":
+            return [(str(name), bool(s.get("ok"))) for name, s in (self.data.get("group") or {}).items()]
+        return []
+
     def computed(self, analysis: str | None = None) -> bool:
         """Whether this run produced results (for ``analysis``, or for any): a re-run that skipped every finished
         participant, or whose analyses all failed, describes nothing on disk."""
-        if self.level == "participant":
-            return any(s.get("ok") and (analysis is None or str(s.get("analysis")) == analysis)
-                       for s in self.data.get("jobs") or [])
-        if self.level == "group":
-            return any(s.get("ok") and (analysis is None or str(name) == analysis)
-                       for name, s in (self.data.get("group") or {}).items())
-        return False
+        return any(ok and analysis in (None, name) for name, ok in self.outcomes())
 
 
 @dataclass
@@ -106,8 +109,8 @@ class OutputFolder:
     def parameters(self) -> dict[str, dict[str, Any]]:
         """Parameters per analysis from the latest run that computed it, group level over participant level.
 
-        A later run that computed nothing for an analysis (a re-run that skipped finished participants, a
-        ``--reports-only`` pass with other options) does not change what the results were made with.
+        A later run that computed nothing for an analysis (a re-run, perhaps with other options, that skipped every
+        finished participant) does not change what the results were made with.
         """
         computed: dict[str, dict[str, Any]] = {}
         fallback: dict[str, dict[str, Any]] = {}
