@@ -147,6 +147,22 @@ def _map_values(values: pd.Series, mapping: dict[str, list[str]]) -> pd.Series:
     return values.map(lambda v: lookup.get(str(v).lower(), np.nan) if pd.notna(v) else np.nan)
 
 
+def resolved_participant_columns(design: StudyDesign, available) -> ParticipantColumns:
+    """The participants.tsv columns to read: a column the user named must exist; a default name that is absent
+    means the study has none (a spectroscopy-only dataset or imported maps need only ``participant_id``).
+
+    Why here: every analysis reads the standardised table, and each one copes with a missing site (one site),
+    sex/age (covariate not used, with a note), arm (everyone had ketamine) and cohort (everyone is discovery), so a
+    default that the data do not have is not an error; a name the user wrote in ``--config-file`` that the data lack
+    is (a typo must not silently drop a design factor).
+    """
+    cols = design.participants
+    explicit = cols.model_fields_set
+    absent = {f: None for f in ("site", "sex", "age", "arm", "cohort")
+              if f not in explicit and getattr(cols, f) is not None and getattr(cols, f) not in set(available)}
+    return cols.model_copy(update=absent) if absent else cols
+
+
 def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     """The standardised participants table (columns ``PARTICIPANT_TABLE_COLUMNS``), one row per subject."""
     path = Path(bids_dir) / "participants.tsv"
@@ -155,7 +171,7 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
                                 fix="add participants.tsv with a participant_id column (BIDS requires it)")
     raw = read_tsv(path)
     _require(raw, "participant_id", "participants (participant_id)", path)
-    cols = design.participants
+    cols = resolved_participant_columns(design, raw.columns)
     for field in ("site", "sex", "age", "arm", "cohort"):
         _require(raw, getattr(cols, field), f"participants.{field}", path)
     out = pd.DataFrame({"participant_id": _strip("sub-", raw["participant_id"])})

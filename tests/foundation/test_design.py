@@ -113,3 +113,18 @@ def test_readme_config_for_ds002748_parses(tmp_path):
     design = design_from_file(data, config)
     assert design.participants.site is None and design.participants.sex == "gender"
     assert design.response.column == "group" and data["random_seed"] == 1
+
+
+def test_default_design_columns_the_data_lack_are_optional_but_named_ones_are_required(tmp_path):
+    """A participants.tsv with only participant_id (spectroscopy-only data, imported maps) needs no config file;
+    a column the user names in the config that the file lacks is still an error naming the field."""
+    bids = make_tiny_bids(tmp_path / "b", subjects=("01", "02"))
+    (bids / "participants.tsv").write_text("participant_id\tsex\nsub-01\tf\nsub-02\tm\n")
+    table = participants_table(bids, StudyDesign())
+    assert table["participant_id"].tolist() == ["01", "02"]
+    assert table["site"].tolist() == ["site1", "site1"] and table["sex"].tolist() == ["F", "M"]
+    assert table["arm"].tolist() == ["ketamine", "ketamine"] and table["cohort"].tolist() == ["discovery"] * 2
+    assert table["age"].isna().all()
+    named = StudyDesign.model_validate({"participants": {"age": "age_years"}})
+    with pytest.raises(MissingInputError, match=r"'age_years' \(config field design.participants.age\)"):
+        participants_table(bids, named)
