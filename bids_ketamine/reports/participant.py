@@ -1,6 +1,6 @@
 """The participant report ``sub-<label>.html``, built only from what is in the output folder.
 
-Sections: input inventory; anatomy; connectivity; spectroscopy; errors and exclusions; methods. Each analysis
+Sections: QC verdict per analysis (pass / warning / fail with reasons and key numbers); input inventory; anatomy; connectivity; spectroscopy; errors and exclusions; methods. Each analysis
 section shows its figures and tables (found with the mapping of ``sections.py``), or says why it did not run.
 """
 
@@ -14,6 +14,7 @@ from bids_ketamine.errors import MissingInputError
 from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_section, sort_outputs
 from bids_ketamine.reports.boilerplate import build_methods, methods_html
 from bids_ketamine.reports.collect import OutputFolder
+from bids_ketamine.reports.qc import participant_qc
 from bids_ketamine.reports.render import Block, SizeBudget, render_page, table_block
 from bids_ketamine.reports.sections import PARTICIPANT_SECTIONS
 
@@ -71,6 +72,18 @@ def participant_sections(folder: OutputFolder, subject: str, *, budget: SizeBudg
             reason = "not selected in this run (--analyses)"
         finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
         sections.append(section)
+
+    qc = next(s for s in sections if s.id == "qc")
+    failures = {a: f"{s.get('message', 'no message')} (exit code {s.get('exit_code')})"
+                for a, s in statuses.items() if not s.get("ok")}
+    verdicts = participant_qc(sorted_outputs.by_analysis, failures, skip)
+    qc.blocks.append(Block("qc", body=verdicts))
+    if any(v.verdict == "fail" for v in verdicts):
+        qc.status = "failed"
+    elif any(v.verdict == "warning" for v in verdicts):
+        qc.status = "warning"
+    elif all(v.verdict == "not run" for v in verdicts):
+        qc.status, qc.reason = "not-run", "not run: no analysis has outputs for this participant"
 
     errors = next(s for s in sections if s.id == "errors")
     lines_failed = [f"{a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')}, {s.get('run')})"
