@@ -92,6 +92,15 @@ class FmrsTiming(_Strict):
     block_seconds: float = Field(240.0, gt=0, description="length of an fMRS block of transients")
 
 
+class SessionValues(_Strict):
+    """Labels sessions.tsv may hold (case-insensitive): any other value is refused (exit 65), so that a typo
+    (``ketamin``) never becomes a drug of its own nor an unknown pretreatment a placebo session."""
+
+    conditions: list[str] = Field(["placebo", "ketamine", "esketamine", "psilocybin", "lsd", "mdma", "saline"],
+                                  description="drug conditions; sessions.placebo_condition is always allowed")
+    pretreatments: list[str] = Field(["placebo", "naltrexone"], description="pretreatments")
+
+
 class StudyDesign(_Strict):
     participants: ParticipantColumns = ParticipantColumns()
     sex_values: dict[str, Literal["F", "M"]] = {"f": "F", "female": "F", "w": "F", "m": "M", "male": "M"}
@@ -100,6 +109,7 @@ class StudyDesign(_Strict):
     madrs: MadrsSource = MadrsSource()
     response: ResponseRule = ResponseRule()
     sessions: SessionColumns = SessionColumns()
+    session_values: SessionValues = SessionValues()
     fmrs: FmrsTiming = FmrsTiming()
 
 
@@ -114,12 +124,11 @@ def _strip(prefix: str, values: pd.Series) -> pd.Series:
 
 
 def read_tsv(path: Path) -> pd.DataFrame:
-    """A BIDS TSV with ``n/a`` as missing and every column as text (types are decided by the design)."""
-    try:
-        return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", "N/A", ""], keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"cannot parse as a tab-separated table ({exc})", path=path,
-                           fix="save it as UTF-8 TSV with a header row") from exc
+    """A BIDS TSV with ``n/a`` as missing and every column as text (types are decided by the design); an
+    unreadable, empty or malformed file is BadDataError naming it (``bids_ketamine.tables.read_table``)."""
+    from bids_ketamine.tables import read_table
+
+    return read_table(path, Path(path).name).frame
 
 
 def _require(table: pd.DataFrame, column: str | None, field: str, path: Path) -> None:
@@ -169,8 +178,9 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     if not path.exists():
         raise MissingInputError("participants.tsv not found", path=path,
                                 fix="add participants.tsv with a participant_id column (BIDS requires it)")
-    raw = read_tsv(path)
-    _require(raw, "participant_id", "participants (participant_id)", path)
+    from bids_ketamine.tables import as_error, check_participants_file, identifiers
+
+    raw = check_participants_file(bids_dir, design).frame  # empty, malformed or repeated IDs: one line, exit 65
     cols = resolved_participant_columns(design, raw.columns)
     for field in ("site", "sex", "age", "arm", "cohort"):
         _require(raw, getattr(cols, field), f"participants.{field}", path)
@@ -190,8 +200,14 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     if design.madrs.file == "participants.tsv":
         madrs = raw.assign(participant_id=out["participant_id"])
     elif madrs_path.exists():
-        madrs = read_tsv(madrs_path)
-        _require(madrs, "participant_id", "madrs.file (participant_id)", madrs_path)
+        from bids_ketamine.tables import read_table
+
+        madrs_table = read_table(madrs_path, design.madrs.file)
+        _require(madrs_table.frame, "participant_id", "madrs.file (participant_id)", madrs_path)
+        problems = identifiers(madrs_table, "participant_id", "sub-", "participant")[1]
+        if problems:
+            raise as_error(problems)
+        madrs = madrs_table.frame
         madrs["participant_id"] = _strip("sub-", madrs["participant_id"])
     else:
         raise MissingInputError("MADRS file named by design.madrs.file not found", path=madrs_path,

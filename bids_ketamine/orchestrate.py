@@ -74,9 +74,19 @@ def discover(cfg):
     derivatives = find_derivatives(cfg.bids_dir, cfg.derivatives, cfg.output_dir)
     layout = build_layout(cfg.bids_dir, derivatives, cfg.bids_database_dir)
     subjects = select_subjects(layout, cfg.participant_label)
-    participants = (participants_table(cfg.bids_dir, cfg.design) if (cfg.bids_dir / "participants.tsv").exists()
-                    else None)
-    sessions = sessions_table(cfg.bids_dir, cfg.design, subjects)
+    from bids_ketamine.errors import BadDataError
+    from bids_ketamine.tables import participant_problems, session_subjects_ok
+
+    participants = None
+    if (cfg.bids_dir / "participants.tsv").exists():
+        try:
+            participants = participants_table(cfg.bids_dir, cfg.design)
+        except BadDataError:
+            if not participant_problems(cfg.bids_dir, cfg.design):
+                raise
+            # a defect in some rows: those participants are refused (table_refusals); no analysis reads phenotypes
+    # a participant whose sessions.tsv is defective is refused by table_refusals; the others' tables are read
+    sessions = sessions_table(cfg.bids_dir, cfg.design, session_subjects_ok(cfg.bids_dir, cfg.design, subjects))
     phenotypes: dict[str, dict[str, str]] = {}
     if participants is not None:
         phenotypes = {row["participant_id"]: {k: str(v) for k, v in row.items()}
@@ -104,13 +114,29 @@ def plan_table(cfg, inputs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant", "analysis", "runs", "detail"])
 
 
+def table_refusals(cfg, inputs: dict, plan: pd.DataFrame) -> dict[tuple[str, str], BidsKetamineError]:
+    """``(participant, analysis) -> error`` for the jobs a defect of the study's tables stops (``tables``): only
+    where the analysis applies (it would run, or connectivity has BOLD whose sessions' conditions are missing)."""
+    from bids_ketamine.tables import participant_level_refusals
+
+    try:
+        blocks = bool(getattr(cfg.params("spectroscopy"), "blocks", True))
+    except NotBuiltError:
+        blocks = True
+    analyses = list(dict.fromkeys(plan["analysis"]))
+    refusals = participant_level_refusals(cfg.bids_dir, cfg.design, inputs, analyses, blocks=blocks)
+    applies = {(r.participant, r.analysis) for r in plan.itertuples()
+               if r.runs or (r.analysis == "connectivity" and inputs[r.participant].bold)}
+    return {key: error for key, error in refusals.items() if key in applies}
+
+
 def print_plan(plan: pd.DataFrame, stream=None) -> None:
     stream = stream or sys.stdout
     print("Input inventory (what each analysis will use, or why it will not run):", file=stream)
     for subject, rows in plan.groupby("participant", sort=True):
         print(f"  sub-{subject}", file=stream)
         for row in rows.itertuples():
-            mark = "run " if row.runs else "skip"
+            mark = "run " if row.runs else "FAIL" if str(row.detail).startswith("refused:") else "skip"
             print(f"    [{mark}] {row.analysis:<13} {row.detail}", file=stream)
 
 
@@ -126,13 +152,19 @@ def run_participant_level(cfg) -> int:
     _validate(cfg)
     derivatives, subjects, participants, sessions, inputs = discover(cfg)
     plan = plan_table(cfg, inputs)
+    refused = table_refusals(cfg, inputs, plan)
+    for key, error in refused.items():  # the inventory says why the job is refused
+        at = (plan["participant"] == key[0]) & (plan["analysis"] == key[1])
+        plan.loc[at, "runs"] = False
+        plan.loc[at, "detail"] = f"refused: {error}"
     if cfg.analyses is None:  # default: every analysis whose inputs exist for someone
-        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]), key=list(ANALYSES).index)
+        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]) | {a for _, a in refused}, key=list(ANALYSES).index)
     else:
         chosen = cfg.analyses
+    refused = {k: v for k, v in refused.items() if k[1] in chosen}
     print_plan(plan[plan["analysis"].isin(chosen)] if chosen else plan)
     runnable = plan[plan["runs"] & plan["analysis"].isin(chosen)]
-    if runnable.empty:
+    if runnable.empty and not refused:
         not_built = plan[plan["detail"].str.contains("not built yet", regex=False)]
         if cfg.analyses and len(not_built) and set(not_built["analysis"]) >= set(cfg.analyses):
             raise NotBuiltError(not_built["detail"].iloc[0], fix="leave it out of --analyses")
@@ -157,8 +189,12 @@ def run_participant_level(cfg) -> int:
         jobs.append((row.participant, row.analysis))
     from bids_ketamine.workflows.participant import run_participant_jobs
 
-    statuses = run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
-                                    container=writer.container) if jobs else []
+    statuses = [{"subject": subject, "analysis": analysis, "ok": False, "exit_code": error.exit_code,
+                 "message": str(error)} for (subject, analysis), error in sorted(refused.items())]
+    for subject, analysis in refused:
+        writer.forget(subject, analysis)  # a repaired table re-runs it
+    statuses += run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
+                                     container=writer.container) if jobs else []
     record_run(cfg, writer, {"jobs": statuses})
     build_reports_safely(cfg.output_dir, sorted(set(plan["participant"])), group=False)
     failed = [s for s in statuses if not s["ok"]]
@@ -173,7 +209,35 @@ def run_participant_level(cfg) -> int:
 
 
 def run_group_level(cfg) -> int:
+    """The group level; a run that fails as a whole (a refused table...) is still recorded in ``logs/`` with its
+    one-line reason, so the group report's "Errors and exclusions" lists it."""
     _validate(cfg)
+    try:
+        return _group_level(cfg)
+    except BidsKetamineError as exc:
+        record_failed_group_run(cfg, exc)
+        raise
+
+
+def record_failed_group_run(cfg, exc: BidsKetamineError) -> None:
+    """Record a group run that stopped before its analyses ran, as a failure of each analysis it would have run."""
+    from bids_ketamine.io.derivatives import DerivativesWriter
+
+    if not (cfg.output_dir / "dataset_description.json").exists():
+        return  # no output folder to report on
+    chosen = cfg.analyses or [name for name, a in ANALYSES.items() if a.has_group_inputs(cfg.output_dir)]
+    if not chosen:
+        return
+    status = {"ok": False, "exit_code": exc.exit_code, "message": str(exc), "stage": "before the analyses"}
+    try:
+        record_run(cfg, DerivativesWriter(cfg.output_dir), {"group": {name: dict(status) for name in chosen}})
+    except (BidsKetamineError, OSError) as err:  # e.g. the disk is full: the one-line error is what matters
+        LOG.warning("the failed group run could not be recorded (%s)", err)
+        return
+    build_reports_safely(cfg.output_dir, [], group=True)
+
+
+def _group_level(cfg) -> int:
     from bids_ketamine.design import participants_table, sessions_table
     from bids_ketamine.discovery import find_derivatives
 
@@ -273,6 +337,11 @@ def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[di
     for name in chosen:
         LOG.info("group level: %s ...", name)
         try:
+            from bids_ketamine.tables import group_level_refusal
+
+            refusal = group_level_refusal(cfg.bids_dir, cfg.design, name, cfg.participant_label)
+            if refusal is not None:
+                raise refusal
             module = ANALYSES[name].module("group")
             work = cfg.work_dir / "group" / name
             work.mkdir(parents=True, exist_ok=True)
