@@ -16,8 +16,8 @@ import pandas as pd
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.analyses import ANALYSES
-from bids_ketamine.errors import (EXIT_OK, EXIT_PARTICIPANT_FAILED, BidsKetamineError, NoMatchError, NotBuiltError,
-                                  TemporaryFailure, UsageError)
+from bids_ketamine.errors import (EXIT_CANNOT_CREATE_OUTPUT, EXIT_OK, EXIT_PARTICIPANT_FAILED, BidsKetamineError,
+                                  CannotCreateOutputError, NoMatchError, NotBuiltError, TemporaryFailure, UsageError)
 
 LOG = logging.getLogger("bids_ketamine")
 INVENTORY_COLUMNS = {"analysis": "analysis name", "runs": "whether the analysis runs for this participant",
@@ -175,6 +175,7 @@ def run_participant_level(cfg) -> int:
         print(f"--dry-run: {len(runnable)} participant analyses would run; stopping here.")
         return EXIT_OK
     writer = _writer(cfg, derivatives)
+    removed = remove_leftovers(cfg, writer)
     for subject, rows in plan.groupby("participant"):
         writer.write_table(rows.drop(columns="participant"), entities={"sub": subject}, suffix="inventory",
                            columns=INVENTORY_COLUMNS, sources=[cfg.bids_dir / f"sub-{subject}"],
@@ -195,17 +196,66 @@ def run_participant_level(cfg) -> int:
         writer.forget(subject, analysis)  # a repaired table re-runs it
     statuses += run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
                                      container=writer.container) if jobs else []
-    record_run(cfg, writer, {"jobs": statuses})
-    build_reports_safely(cfg.output_dir, sorted(set(plan["participant"])), group=False)
+    removed += writer.remove_stale_staging()  # of workers killed during this run (their locks died with them)
     failed = [s for s in statuses if not s["ok"]]
-    for status in failed:
-        print(f"bids-ketamine: sub-{status['subject']} {status['analysis']} failed: {status['message']}",
-              file=sys.stderr)
-    LOG.info("participant level: %d run, %d failed, %d skipped as done", len(statuses), len(failed),
-             len(runnable) - len(jobs))
-    if cfg.clean_workdir and not failed:
-        shutil.rmtree(cfg.work_dir, ignore_errors=True)
+    cleaned = clean_work_dir(cfg) if cfg.clean_workdir and not failed else []
+    try:
+        record_run(cfg, writer, {"jobs": statuses, "removed": removed + cleaned})
+    except CannotCreateOutputError:
+        if not any(s["exit_code"] == EXIT_CANNOT_CREATE_OUTPUT for s in failed):
+            raise
+        # the disk is full: the jobs' one line below says so; a run record cannot be written either
+    else:
+        build_reports_safely(cfg.output_dir, sorted(set(plan["participant"])), group=False)
+    print_failures(failed)
+    LOG.info("participant level: %d run, %d failed, %d skipped as done%s", len(statuses), len(failed),
+             len(runnable) - len(jobs), f"; removed {len(removed + cleaned)} leftover(s)" if removed + cleaned
+             else "")
     return _exit_code(statuses)
+
+
+def print_failures(failed: list[dict], stream=None) -> None:
+    """One line per failed participant job; jobs that could not write (a full disk) share one line."""
+    stream = stream or sys.stderr
+    unwritable = [s for s in failed if s["exit_code"] == EXIT_CANNOT_CREATE_OUTPUT]
+    for status in failed:
+        if status["exit_code"] != EXIT_CANNOT_CREATE_OUTPUT:
+            print(f"bids-ketamine: sub-{status['subject']} {status['analysis']} failed: {status['message']}",
+                  file=stream)
+    if unwritable:
+        jobs = ", ".join(f"sub-{s['subject']} {s['analysis']}" for s in unwritable[:5])
+        more = f" and {len(unwritable) - 5} more" if len(unwritable) > 5 else ""
+        print(f"bids-ketamine: error: {unwritable[0]['message']} ({len(unwritable)} participant "
+              f"analys{'is' if len(unwritable) == 1 else 'es'} not "
+              f"written: {jobs}{more})", file=stream)
+
+
+def remove_leftovers(cfg, writer) -> list[str]:
+    """Remove what killed runs left in the output and work folders (only our own files, only those no live job
+    holds a lock on) and say so; returns what was removed, for the run record."""
+    from bids_ketamine.workflows.participant import remove_stale_states
+
+    removed = writer.remove_stale_staging()
+    try:
+        removed += remove_stale_states(cfg.work_dir)
+    except OSError as exc:
+        LOG.warning("could not look for leftovers in the work folder %s (%s)", cfg.work_dir, exc)
+    for item in removed:
+        LOG.info("removed a leftover of a killed run: %s", item)
+    return removed
+
+
+def clean_work_dir(cfg) -> list[str]:
+    """``--clean-workdir``: remove the work folder after a successful run, and say how much it held."""
+    work = Path(cfg.work_dir)
+    if not work.exists():
+        return []
+    size = sum(p.stat().st_size for p in work.rglob("*") if p.is_file() and not p.is_symlink())
+    shutil.rmtree(work, ignore_errors=True)
+    from bids_ketamine.io.failures import human_bytes
+
+    LOG.info("--clean-workdir: removed the work folder %s (%s)", work, human_bytes(size))
+    return [str(work)]
 
 
 def run_group_level(cfg) -> int:
