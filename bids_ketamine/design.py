@@ -142,12 +142,21 @@ def _require(table: pd.DataFrame, column: str | None, field: str, path: Path) ->
         )
 
 
-def _numeric(values: pd.Series, field: str, path: Path) -> pd.Series:
+def _numeric(values: pd.Series, field: str, path: Path, lines=None, ids=None) -> pd.Series:
+    """``values`` as floats; a value that is not a number is BadDataError naming the file line (``lines``: file
+    line per position) or the participant (``ids``)."""
     out = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & out.isna()
     if bad.any():
-        raise BadDataError(f"design.{field} column has non-numeric value {values[bad].iloc[0]!r}", path=path,
-                           fix="use numbers, or n/a for missing values")
+        position = int(np.flatnonzero(bad.to_numpy())[0])
+        where = []
+        if lines is not None:
+            where.append(f"line {lines[position]}")
+        if ids is not None:
+            where.append(f"(sub-{ids[position]})")
+        prefix = " ".join(where) + ": " if where else ""
+        raise BadDataError(f"{prefix}design.{field} column has non-numeric value {values[bad].iloc[0]!r}",
+                           path=path, fix="use numbers, or n/a for missing values")
     return out.astype(float)
 
 
@@ -180,7 +189,8 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
                                 fix="add participants.tsv with a participant_id column (BIDS requires it)")
     from bids_ketamine.tables import as_error, check_participants_file, identifiers
 
-    raw = check_participants_file(bids_dir, design).frame  # empty, malformed or repeated IDs: one line, exit 65
+    table = check_participants_file(bids_dir, design)  # empty, malformed or repeated IDs: one line, exit 65
+    raw = table.frame
     cols = resolved_participant_columns(design, raw.columns)
     for field in ("site", "sex", "age", "arm", "cohort"):
         _require(raw, getattr(cols, field), f"participants.{field}", path)
@@ -192,7 +202,8 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
         out["sex"] = sex
     else:
         out["sex"] = np.nan
-    out["age"] = _numeric(raw[cols.age], "participants.age", path) if cols.age else np.nan
+    ids = out["participant_id"].tolist()
+    out["age"] = _numeric(raw[cols.age], "participants.age", path, table.lines, ids) if cols.age else np.nan
     out["arm"] = _map_values(raw[cols.arm], design.arms.model_dump()) if cols.arm else "ketamine"
     out["cohort"] = _map_values(raw[cols.cohort], design.cohorts.model_dump()) if cols.cohort else "discovery"
 
@@ -215,8 +226,11 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     has_madrs = {design.madrs.baseline, design.madrs.followup} <= set(madrs.columns)
     if has_madrs:
         merged = out[["participant_id"]].merge(madrs, on="participant_id", how="left")
-        out["madrs_baseline"] = _numeric(merged[design.madrs.baseline], "madrs.baseline", madrs_path).to_numpy()
-        out["madrs_24h"] = _numeric(merged[design.madrs.followup], "madrs.followup", madrs_path).to_numpy()
+        lines = table.lines if design.madrs.file == "participants.tsv" else None
+        out["madrs_baseline"] = _numeric(merged[design.madrs.baseline], "madrs.baseline", madrs_path, lines,
+                                         ids).to_numpy()
+        out["madrs_24h"] = _numeric(merged[design.madrs.followup], "madrs.followup", madrs_path, lines,
+                                    ids).to_numpy()
     else:
         out["madrs_baseline"] = np.nan
         out["madrs_24h"] = np.nan
@@ -254,7 +268,10 @@ def sessions_table(bids_dir: Path, design: StudyDesign, subjects: list[str] | No
         subject = path.parent.name.removeprefix("sub-")
         if subjects is not None and subject not in subjects:
             continue
-        raw = read_tsv(path)
+        from bids_ketamine.tables import read_table
+
+        table = read_table(path, "sessions.tsv")
+        raw = table.frame
         _require(raw, "session_id", "sessions (session_id)", path)
         frame = pd.DataFrame({"participant_id": subject, "session_id": _strip("ses-", raw["session_id"])})
         for name in ("condition", "pretreatment"):
@@ -266,7 +283,8 @@ def sessions_table(bids_dir: Path, design: StudyDesign, subjects: list[str] | No
         for name, field in (("period", "period"), ("madrs_baseline", "madrs_baseline"),
                             ("madrs_24h", "madrs_followup")):
             column = getattr(cols, field)
-            frame[name] = (_numeric(raw[column], f"sessions.{field}", path) if column and column in raw.columns
+            frame[name] = (_numeric(raw[column], f"sessions.{field}", path, table.lines)
+                           if column and column in raw.columns
                            else np.nan)
         frames.append(frame)
     if not frames:
