@@ -91,10 +91,17 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     if any(not c.strip() for c in header):
         raise BadDataError("the header has an empty column name", path=path,
                            fix="name every column, and separate columns by single tabs")
+    for number in content[1:]:
+        fields = physical[number - 1].count("\t") + 1
+        if fields != len(header):
+            raise BadDataError(f"line {number} has {fields} tab-separated fields, the header {len(header)}",
+                               path=path, fix="give every row as many tab-separated fields as the header (n/a for "
+                                              "a missing value)")
     try:
         import io
 
-        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, na_values=NA_VALUES, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, na_values=NA_VALUES, keep_default_na=False,
+                            index_col=False, quoting=3)  # BIDS TSV: no quoting
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:160]
         raise BadDataError(f"cannot parse the {what} as tab-separated values ({detail})", path=path,
