@@ -400,7 +400,14 @@ def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[di
                                        params=cfg.params(name), design=cfg.design, writer=writer, work_dir=work,
                                        seed=cfg.random_seed, n_jobs=-1 if cfg.dask_scheduler else cfg.nprocs)
             results[name] = {"ok": True, "outputs": [str(p) for p in outputs or []]}
-        except BidsKetamineError as exc:
+        except (BidsKetamineError, OSError, EOFError, MemoryError) as exc:
+            if not isinstance(exc, BidsKetamineError):  # a full disk, an unreadable input, memory (else a bug)
+                from bids_ketamine.io.failures import describe
+
+                mapped = describe(exc, outputs=[cfg.output_dir, cfg.work_dir], who=f"the group {name} analysis")
+                if mapped is None:
+                    raise
+                exc = mapped
             print(f"bids-ketamine: group {name} failed: {exc}", file=sys.stderr)
             results[name] = {"ok": False, "exit_code": exc.exit_code, "message": str(exc)}
             failures.append(exc.exit_code)
