@@ -48,6 +48,9 @@ GROUP_PARTICIPANT_COLUMNS: dict[str, tuple[str, ...]] = {
     "spectroscopy": ("sex",),
 }
 
+#: Analyses that read sessions.tsv (conditions, pretreatments, periods, session MADRS).
+SESSION_ANALYSES = ("connectivity", "spectroscopy")
+
 
 # ---------------------------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
@@ -439,20 +442,24 @@ def participant_level_refusals(bids_dir: str | Path, design: StudyDesign, inputs
                                                                                         BidsKetamineError]:
     """``(subject, analysis) -> error`` for every participant job a table defect must stop.
 
-    A defect of the participant's row in participants.tsv, or of its sessions.tsv, stops every analysis of that
-    participant; a missing condition stops connectivity; a bad events.tsv stops spectroscopy (when it is used for
-    the fMRS blocks). Table-wide defects of participants.tsv are raised (they concern everyone).
+    A defect of the participant's row in participants.tsv stops the analyses that read that column
+    (``GROUP_PARTICIPANT_COLUMNS``), a defect of its sessions.tsv those that read sessions (``SESSION_ANALYSES``);
+    a missing condition stops connectivity; a bad events.tsv stops spectroscopy (when it times the fMRS blocks).
+    Table-wide defects of participants.tsv are raised (they concern everyone).
     """
     bids_dir = Path(bids_dir)
     analyses = list(analyses)
-    rows = participant_problems(bids_dir, design) if (bids_dir / "participants.tsv").exists() else {}
+    has_participants = (bids_dir / "participants.tsv").exists()
+    rows = {a: participant_problems(bids_dir, design, GROUP_PARTICIPANT_COLUMNS.get(a, ())) if has_participants
+            and GROUP_PARTICIPANT_COLUMNS.get(a) else {} for a in analyses}
     refusals: dict[tuple[str, str], BidsKetamineError] = {}
     for subject, record in inputs.items():
         table, problems = session_problems(bids_dir, design, subject)
-        common = rows.get(subject, []) + problems
         path = sessions_path(bids_dir, subject)
         for analysis in analyses:
-            own = list(common)
+            own = list(rows[analysis].get(subject, []))
+            if analysis in SESSION_ANALYSES:
+                own += problems
             if analysis == "connectivity":
                 sessions = [r.session for r in record.bold if r.session]
                 own += _needs_session_value(table, path, subject, sessions, design.sessions.condition,
@@ -485,7 +492,7 @@ def group_level_refusal(bids_dir: str | Path, design: StudyDesign, analysis: str
         rows = participant_problems(bids_dir, design, columns)
         wanted = None if subjects is None else set(subjects)
         problems += [p for s, ps in sorted(rows.items()) if wanted is None or s in wanted for p in ps]
-    if analysis in ("connectivity", "spectroscopy"):
+    if analysis in SESSION_ANALYSES:
         folders = sorted(Path(bids_dir).glob("sub-*/sub-*_sessions.tsv"))
         for path in folders:
             subject = path.parent.name.removeprefix("sub-")

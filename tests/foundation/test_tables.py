@@ -76,6 +76,11 @@ def test_values_outside_their_domain_are_problems_of_their_participant(tmp_path)
     assert isinstance(refusal, BadDataError) and "and 4 more" in str(refusal) and "\n" not in str(refusal)
     spectroscopy = group_level_refusal(bids, StudyDesign(), "spectroscopy")
     assert "sex is 'X'" in str(spectroscopy) and "more" not in str(spectroscopy)
+    # at the participant level, the same rule: a row defect refuses the analyses that read the column
+    refused = participant_level_refusals(bids, StudyDesign(), {s: _inputs(s) for s in ("01", "02", "03")},
+                                         ["structural", "connectivity", "spectroscopy"])
+    assert set(refused) == {("01", "structural"), ("02", "structural"), ("02", "spectroscopy"),
+                            ("03", "structural")}
 
 
 def test_a_label_the_config_adds_is_accepted(tmp_path):
@@ -116,9 +121,11 @@ def test_sessions_defects_refuse_only_the_analyses_that_need_them(tmp_path):
               "03": _inputs("03", bold_sessions=("placebo", "ketamine"))}
     refused = participant_level_refusals(bids, StudyDesign(), inputs, ["connectivity", "spectroscopy"],
                                          blocks=False)
-    # a defective sessions.tsv refuses every analysis of its participant (the orchestrator keeps those that apply)
+    # a defective sessions.tsv refuses the analyses that read sessions (the orchestrator keeps those that apply)
     assert set(refused) == {("01", "connectivity"), ("02", "connectivity"), ("02", "spectroscopy"),
                             ("03", "connectivity")}
+    structural = participant_level_refusals(bids, StudyDesign(), inputs, ["structural"])
+    assert structural == {}
     one = str(refused[("01", "connectivity")])
     assert one.startswith(str(bids / "sub-01" / "sub-01_sessions.tsv")) and "line 3" in one
     assert "ses-ketamine has no condition" in one and refused[("01", "connectivity")].exit_code == EXIT_BAD_DATA
