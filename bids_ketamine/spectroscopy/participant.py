@@ -254,7 +254,9 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
             quant_meta = {"WaterReferenceArea": water_area, "WaterLinewidthHz": wfit.lorentzian_hz,
                           "TissueFractions": (fr or DEFAULT_FRACTIONS).model_dump()}
             if fr is not None and fr.source == "segmentation":
-                quant_meta["TissueFractionsSources"] = [str(inputs.anat.probseg_t1w[k]) for k in ("gm", "wm", "csf")]
+                # BIDS URIs, as every other source: the sidecar stays the same when the dataset moves
+                quant_meta["TissueFractionsSources"] = [writer.source_uri(inputs.anat.probseg_t1w[k])
+                                                        for k in ("gm", "wm", "csf")]
         tables, results, labels = [], [], []
         step(f"fitting {len(spectra)} spectra of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
         for block, start, tmin, fid, n in progress(spectra, desc=f"sub-{inputs.subject} fMRS fits", unit="fits"):
