@@ -235,7 +235,9 @@ def remove_leftovers(cfg, writer) -> list[str]:
     holds a lock on) and say so; returns what was removed, for the run record."""
     from bids_ketamine.workflows.participant import remove_stale_states
 
-    removed = writer.remove_stale_staging()
+    from bids_ketamine.io.derivatives import remove_stale_temporaries
+
+    removed = writer.remove_stale_staging() + remove_stale_temporaries(writer.root)
     try:
         removed += remove_stale_states(cfg.work_dir)
     except OSError as exc:
@@ -381,6 +383,17 @@ def resampling_backend(dask_scheduler: str | None) -> Iterator[None]:
         client.close()
 
 
+def _group_subjects(cfg, name: str) -> list[str] | None:
+    """The participants a group analysis uses, for checking their table rows: those whose participant level
+    finished (done markers), else (tables imported into the folder) the selected ones (None: everyone)."""
+    marker = f"_{name}.json"
+    done = sorted(p.name[len("sub-"):-len(marker)] for p in (cfg.output_dir / ".bids_ketamine" / "done").glob(
+        f"sub-*{marker}"))
+    if cfg.participant_label:
+        done = [s for s in done if s in cfg.participant_label]
+    return done or cfg.participant_label
+
+
 def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[dict[str, Any], list[int]]:
     results: dict[str, Any] = {}
     failures: list[int] = []
@@ -389,7 +402,7 @@ def _run_group_analyses(cfg, chosen, participants, sessions, writer) -> tuple[di
         try:
             from bids_ketamine.tables import group_level_refusal
 
-            refusal = group_level_refusal(cfg.bids_dir, cfg.design, name, cfg.participant_label)
+            refusal = group_level_refusal(cfg.bids_dir, cfg.design, name, _group_subjects(cfg, name))
             if refusal is not None:
                 raise refusal
             module = ANALYSES[name].module("group")

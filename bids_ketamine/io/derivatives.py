@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,10 +71,48 @@ def bids_name(entities: Mapping[str, str | None], suffix: str, extension: str) -
     return "_".join([*parts, suffix]) + extension
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.<name>.tmp-<host>-<pid>-``: whose temporary file it is, so a later run can tell a killed writer's."""
+    return f".{target.name}.tmp-{_host()}-{os.getpid()}-"
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(root: Path) -> list[str]:
+    """Remove our atomic-write temporaries whose writer is dead (same host, no such process): what ``kill -9``
+    during a write leaves. Temporaries of other hosts (a shared file system) and of live processes stay."""
+    removed: list[str] = []
+    host = _host()
+    work = Path(root) / _STATE_DIR / "work"
+    for path in sorted(Path(root).rglob(".*.tmp-*")):
+        match = _TEMP_NAME.match(path.name)
+        if not match or not path.is_file() or path.is_relative_to(work):
+            continue
+        if match.group("host") == host and not _alive(int(match.group("pid"))):
+            path.unlink(missing_ok=True)
+            removed.append(path.relative_to(root).as_posix())
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -291,7 +330,7 @@ class DerivativesWriter:
         rel = self.relpath(entities, suffix, ".nii.gz", datatype)
         target = self._target(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".nii.gz", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".nii.gz", dir=target.parent)
         os.close(fd)
         try:
             img.to_filename(tmp)
@@ -320,7 +359,7 @@ class DerivativesWriter:
             rel = Path(f"sub-{entities['sub']}") / "figures" / rel.name
         target = self._target(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=extension, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=extension, dir=target.parent)
         os.close(fd)
         try:
             import matplotlib
