@@ -88,8 +88,9 @@ def quiet_nipype(work: Path, verbose: int) -> None:
     from nipype import logging as nipype_logging
 
     level = "INFO" if verbose >= 2 else "WARNING"
-    settings = {"execution": {"crashfile_format": "txt", "remove_unnecessary_outputs": "false",
-                              "check_version": "false"},
+    # crash files go to the work folder: nipype's default is the current directory (the user's, or a repo's)
+    settings = {"execution": {"crashfile_format": "txt", "crashdump_dir": str(work / "crash"),
+                              "remove_unnecessary_outputs": "false", "check_version": "false"},
                 "logging": {"workflow_level": level, "interface_level": level, "utils_level": level},
                 "monitoring": {"enabled": "false"}}
     config_dir = work / "nipype_config"

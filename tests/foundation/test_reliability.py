@@ -33,8 +33,6 @@ OBSERVED: dict[int, set[str]] = {}
 
 @pytest.fixture(scope="module")
 def study(request) -> Path:
-    if os.environ.get("DEVDEMO"):  # DEV ONLY, remove
-        return Path(os.environ["DEVDEMO"])
     root, code = request.getfixturevalue("small_demo")
     assert code == 0
     return root
@@ -59,8 +57,10 @@ def _env() -> dict[str, str]:
 def cli(study: Path, bids: Path, out: Path, *extra: str, level: str = "participant", case: str = "",
         nprocs: str = "1") -> Run:
     proc = subprocess.run(_command(study, bids, out, level, "--nprocs", nprocs, *extra), capture_output=True,
-                          text=True, env=_env(), timeout=900)
+                          text=True, env=_env(), timeout=900, cwd=study)
     run = _result(proc.returncode, proc.stderr)
+    # nothing is written to the user's current folder (nipype's crash files went there by default)
+    assert not list(study.glob("crash-*")), sorted(p.name for p in study.glob("crash-*"))
     OBSERVED.setdefault(run.code, set()).add(case or " ".join(extra))
     return run
 
