@@ -22,7 +22,7 @@ from bids_ketamine.errors import CannotCreateOutputError, TemporaryFailure
 
 #: Order of entities in file names (BIDS order, then the derivative entities we use).
 ENTITY_ORDER = (
-    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "cohort", "res", "den", "atlas",
+    "sub", "ses", "task", "acq", "nuc", "voi", "ce", "rec", "dir", "run", "echo", "space", "cohort", "res", "den", "atlas",
     "seg", "roi", "label", "hemi", "model", "stat", "contrast", "block", "desc",
 )
 #: Patterns of our result tables and files that the BIDS specification does not define (see .bidsignore).
