@@ -48,6 +48,8 @@ TABLE_COLUMNS = {
     "qc_pass": "True when the spectrum's fit passed QC (converged, no parameter at a bound, tNAA/tCr CRLB, "
                "linewidth and SNR within limits) and this row's CRLB % is finite and below max_crlb_percent.",
     "qc_reason": "Why qc_pass is false (spectrum-level reasons first); empty when it is true.",
+    "spectrum_qc_pass": "True when the whole spectrum's fit passed QC (the group level leaves failed spectra out "
+                        "and counts them per subject and session).",
 }
 
 
@@ -180,6 +182,7 @@ def fit_table(result, *, block: int, start: float, time_min: float, n: int, para
             reasons.append(f"CRLB {pct:.0f} % >= {params.max_crlb_percent:g} %")
         row["qc_pass"] = not reasons
         row["qc_reason"] = "; ".join(reasons)
+        row["spectrum_qc_pass"] = bool(result.qc_pass)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -310,9 +313,9 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
             if fr is not None and fr.source == "segmentation":
                 quant_meta["TissueFractionsSources"] = [str(inputs.anat.probseg_t1w[k]) for k in ("gm", "wm", "csf")]
         tables, results, labels = [], [], []
-        kind = "fMRS block spectra" if len(spectra) > 1 else "averaged spectrum (static single-voxel MRS)"
+        kind = "spectra" if len(spectra) > 1 else "averaged spectrum (static single-voxel MRS)"
         step(f"fitting {len(spectra)} {kind} of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
-        desc = f"sub-{inputs.subject} fMRS block fits" if len(spectra) > 1 else f"sub-{inputs.subject} MRS fit"
+        desc = f"sub-{inputs.subject} fMRS fits" if len(spectra) > 1 else f"sub-{inputs.subject} MRS fit"
         for block, start, tmin, fid, n in progress(spectra, desc=desc, unit="fits"):
             # the data are in the NIfTI-MRS convention already: preprocessing decided the sign once for them
             res = fit_spectrum(fid, data.dwell_time, data.spectrometer_frequency, basis, params.fit,
