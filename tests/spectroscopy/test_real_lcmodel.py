@@ -84,3 +84,42 @@ def test_simulated_basis_runs_without_a_config(shared_data, tmp_path):
         assert np.isfinite(ours.loc[name, "crlb_percent"]), name
     # water scaling with a simulated basis: molal tNAA in the brain range (LCModel's water scaling: about 7 mM)
     assert 5.0 < float(ours.loc["tNAA", "molal_mM"]) < 20.0
+
+
+@pytest.mark.realdata
+def test_water_scaling_is_the_same_for_every_basis_source(shared_data, tmp_path):
+    """The same real spectrum and water reference, with LCModel's .BASIS, the same basis as a folder of text FIDs
+    in another scale (x 1000), and the simulated basis: molal tNAA within 5 % (issue 17, item 6). The file scale
+    and ppm reference are measured on the basis's creatine (calibrate_basis), so the file's own scale cannot
+    enter (before: 1.39 and 2 460 mM)."""
+    from bids_ketamine.inputs import MrsAcquisition
+    from bids_ketamine.spectroscopy import participant as part
+    from bids_ketamine.spectroscopy.basis_io import read_lcmodel_basis
+    from bids_ketamine.spectroscopy.fit import fit_spectrum
+    from bids_ketamine.spectroscopy.params import BasisParams, SpectroscopyParams
+    from bids_ketamine.spectroscopy.quantify import DEFAULT_FRACTIONS, fit_water_reference, water_scaled
+
+    src = shared_data / "lcmodel_test_lcm"
+    acq = MrsAcquisition(svs=src / "sub-01" / "mrs" / "sub-01_svs.nii.gz",
+                         references={"water": src / "sub-01" / "mrs" / "sub-01_mrsref.nii.gz"})
+    raw = read_lcmodel_basis(src / "code" / "basis" / "3t.basis", conjugate=False)
+    folder = tmp_path / "fids"
+    folder.mkdir()
+    for name, fid in zip(raw.names, raw.fids):
+        np.savetxt(folder / f"{name}.txt", np.c_[fid.real, fid.imag] * 1000.0)
+    molal = {}
+    for source, path in (("lcmodel", src / "code" / "basis" / "3t.basis"), ("fid_folder", folder),
+                         ("simulate", None)):
+        params = SpectroscopyParams(basis=BasisParams(source=source, path=path), figures=False)
+        data, pre, spectra = part.preprocess_acquisition(acq, params)
+        basis = part.load_basis(params, data)
+        res = fit_spectrum(spectra[0][3], data.dwell_time, data.spectrometer_frequency, basis, params.fit,
+                           echo_time=data.echo_time)
+        area = fit_water_reference(pre.water, data.dwell_time).area
+        table = water_scaled(res, area, te=data.echo_time, tr=data.repetition_time, fractions=DEFAULT_FRACTIONS,
+                             field_tesla=data.field_strength, params=params.quant).set_index("metabolite")
+        molal[source] = table["molal_mM"]
+    both = molal["fid_folder"].reindex(molal["lcmodel"].index)
+    assert np.allclose(molal["lcmodel"].values, both.values, rtol=1e-4, atol=1e-3, equal_nan=True)
+    assert molal["simulate"]["tNAA"] == pytest.approx(molal["lcmodel"]["tNAA"], rel=0.05)
+    assert 5.0 < molal["lcmodel"]["tNAA"] < 25.0
