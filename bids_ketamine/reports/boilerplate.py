@@ -309,22 +309,94 @@ def _surrogate_text(p: _Lookup) -> str:
             f"{where}")
 
 
+def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
+    """What the participants' spectroscopy sidecars (``*_mrsfit.json``) say was done, pooled over acquisitions.
+
+    The methods text states these, not the configured parameters: a static single average was not averaged in
+    blocks, a basis with its own macromolecules was not given the app's MM model, a single transient was not
+    aligned. Each value is the set of what the acquisitions recorded (one element when all agree).
+    """
+    record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
+                                                 "lipids", "water_removal", "priors", "sign")}
+    for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsfit.json")):
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        pre = data.get("Preprocessing") or {}
+        if pre:
+            record["averaging"].add(pre.get("Averaging"))
+            record["ecc"].add(pre.get("EddyCurrentCorrection"))
+            record["aligned"].add(bool(pre.get("Aligned")))
+            record["screen"].add(bool(pre.get("TransientScreen")))
+        if data.get("Macromolecules"):
+            record["macromolecules"].add(data["Macromolecules"])
+        record["lipids"].add(any(str(n).startswith("Lip") for n in data.get("FittedComponents") or []))
+        removal = [r for r in data.get("ResidualWaterRemoval") or [] if r]
+        record["water_removal"].add(removal[0].get("Method") if removal else None)
+        record["priors"].add(bool(data.get("RatioPriors")))
+        sign = data.get("SignConvention") or {}
+        if sign:
+            record["sign"].add(sign.get("Decision"))
+    return record
+
+
+def _some(values: set, value: Any) -> str | None:
+    """'' when every acquisition did it, ' for some acquisitions' when only some did, None when none did."""
+    if value not in values:
+        return None
+    return "" if values == {value} else " (for some acquisitions)"
+
+
 def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
-                       recorded_models: list[str] | None = None) -> list[str]:
+                       recorded_models: list[str] | None = None, record: dict[str, set] | None = None) -> list[str]:
     fmrs = design.get("fmrs") or {}
     block = fmrs.get("block_seconds")
     ppm = p.get("fit.ppm_range", "ppm_range")
     ppm_text = f"{_fmt(ppm[0])}-{_fmt(ppm[1])} ppm" if isinstance(ppm, (list, tuple)) and len(ppm) == 2 else None
     baseline = p.text("fit.baseline", "baseline")
-    mm = p.text("fit.macromolecules")
+    rec = record or {}
     steps = ["coil-combined (weighted SVD)"]
-    if p.get("eddy_current_correction") is not False:
+    for reference in sorted(r for r in rec.get("ecc", set()) if r):
+        steps.append(f"corrected for eddy currents with the {reference}" + (_some(rec["ecc"], reference) or ""))
+    if not rec.get("ecc") and p.get("eddy_current_correction") is not False:
         steps.append("corrected for eddy currents with the water reference")
-    if p.get("align") is not False:
-        steps.append("aligned in frequency and phase by spectral registration [near2015]")
-    if p.get("reject") is not False:
+    if _some(rec.get("aligned", {True}), True) is not None:
+        steps.append("aligned in frequency and phase by spectral registration [near2015]"
+                     + _some(rec.get("aligned", {True}), True))
+    screened = _some(rec.get("screen", {True}), True)
+    if screened is not None and p.get("reject") is not False:
         threshold = p.text("reject_threshold")
-        steps.append("screened for bad transients" + (f" (robust z > {threshold})" if threshold else ""))
+        steps.append("screened for bad transients" + (f" (robust z > {threshold})" if threshold else "") + screened)
+    averaging = rec.get("averaging") or {"timed blocks"}
+    if averaging == {"single average"}:
+        averaged = " and fitted as single averaged spectra (static MRS, no timed blocks)"
+    else:
+        averaged = (" and averaged" + (f" in blocks of {_fmt(block)} s timed from the onset of the "
+                                       f"'{fmrs.get('infusion_trial_type', 'infusion')}' event" if block
+                                       else " in blocks")
+                    + (" (other acquisitions were single averages)" if "single average" in averaging else ""))
+    model_text = []
+    removal = sorted(m for m in rec.get("water_removal", set()) if m)
+    if removal:
+        band = p.get("fit.water_band_ppm", "water_band_ppm")
+        band_text = f" ({_fmt(band[0])}-{_fmt(band[1])} ppm)" if isinstance(band, (list, tuple)) else ""
+        model_text.append(f"residual water{band_text} removed by {', '.join(removal)} before the fit")
+    mm = rec.get("macromolecules") or set()
+    if "model" in mm:
+        model_text.append("macromolecule and lipid signals modelled by Gaussian components at LCModel's positions "
+                          "and widths [provencher1993]" + (_some(mm, "model") or ""))
+    if "basis" in mm:
+        model_text.append("macromolecules taken from the basis set's own components" + (_some(mm, "basis") or "")
+                          + (", with Gaussian lipid components where the spectrum showed lipids"
+                             if True in rec.get("lipids", set()) else ""))
+    if mm == {"none"}:
+        model_text.append("no macromolecule or lipid components")
+    if True in rec.get("priors", set()):
+        model_text.append("soft ratio constraints between those components, as in LCModel")
+    if rec.get("sign"):
+        model_text.append("the spectrum's sign convention decided once per acquisition from the positions of the "
+                          "NAA, creatine and choline singlets after water removal")
     basis_source = p.get("basis.source")
     sequence = p.get("basis.sequence", "sequence")
     basis_text = ("simulated basis spectra [govindaraju2000]" + (f" ({sequence} sequence)" if sequence and
@@ -333,14 +405,16 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                   "basis set")
     crlb = p.text("max_crlb_percent", unit=" %")
     paras = [_join([
-        "Single-voxel ¹H MR spectra stored as NIfTI-MRS [niftimrs] were " + ", ".join(steps) + " and averaged" + (
-            f" in blocks of {_fmt(block)} s timed from the onset of the '{fmrs.get('infusion_trial_type', 'infusion')}'"
-            " event" if block else " in blocks") + ", following consensus recommendations [near2021].",
-        f"Each spectrum or block was fitted with a linear combination [provencher1993] of {basis_text}"
+        "Single-voxel ¹H MR spectra stored as NIfTI-MRS [niftimrs] were " + ", ".join(steps) + averaged
+        + ", following consensus recommendations [near2021].",
+        ("Each spectrum" if averaging == {"single average"} else "Each spectrum or block")
+        + f" was fitted with a linear combination [provencher1993] of {basis_text}"
         + (f" over {ppm_text}" if ppm_text else "")
         + " with Voigt line shapes, frequency shifts, zero- and first-order phase"
-        + (f", a {baseline} baseline" if baseline and baseline != "none" else "")
-        + (f" and macromolecules modelled as '{mm}'" if mm else "") + "; Cramér-Rao lower bounds were computed "
+        + (f" and a {baseline} baseline" + (" whose stiffness was chosen from the data"
+                                             if p.get("fit.baseline_smoothness") in (None, "auto") else "")
+           if baseline and baseline != "none" else "")
+        + ("; " + "; ".join(model_text) if model_text else "") + "; Cramér-Rao lower bounds were computed "
         "from the Fisher information" + (f" (estimates with CRLB above {crlb} flagged)" if crlb else "")
         + ", and Glx (glutamate + glutamine) was expressed relative to total NAA.",
     ])]
@@ -377,7 +451,7 @@ def group_descriptions(folder: OutputFolder, analysis: str, pattern: str) -> lis
 
 
 _TEXTS = {"structural": "Structural prediction of response", "connectivity": "Heterogeneity of the functional "
-          "response (connectivity)", "spectroscopy": "Glutamate during the infusion (functional MRS)"}
+          "response (connectivity)", "spectroscopy": "Glutamate by ¹H MR spectroscopy (static MRS or fMRS)"}
 
 
 def run_analyses(folder: OutputFolder) -> tuple[list[str], set[str], list[str]]:
@@ -479,7 +553,8 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
             paras = _connectivity_text(lookup, analysis in group) + _fd_fallback_text(folder)
         else:
             paras = _spectroscopy_text(lookup, design, analysis in group,
-                                       group_descriptions(folder, "spectroscopy", r"lmm|model"))
+                                       group_descriptions(folder, "spectroscopy", r"lmm|model"),
+                                       spectroscopy_record(folder))
         methods.sections.append((_TEXTS[analysis], paras))
     text = " ".join(p for _, paras in methods.sections for p in paras)
     for key in REFERENCES:

@@ -354,7 +354,14 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
         first = results[0]
         meta = {"CoilCombination": "weighted SVD", "Conjugated": pre.conjugated,
                 "SignConvention": pre.sign.as_metadata() if pre.sign is not None else None,
-                "TransientsRejected": int((~pre.keep).sum()), "Basis": _jsonable(basis.metadata),
+                "TransientsRejected": int((~pre.keep).sum()),
+                # what preprocessing did to this acquisition, as the methods text states it
+                "Preprocessing": {"Transients": int(len(pre.keep)),
+                                  "EddyCurrentCorrection": pre.eddy_current_reference,
+                                  "Aligned": pre.aligned, "TransientScreen": pre.rejection,
+                                  "Averaging": ("timed blocks" if len(spectra) > 1 or acq.events is not None
+                                                else "single average")},
+                "Basis": _jsonable(basis.metadata),
                 "BasisComponents": list(basis.names), "FittedComponents": list(first.names),
                 "Macromolecules": first.extras.get("macromolecules"), "RatioPriors": first.extras.get("priors"),
                 "ResidualWaterRemoval": [r.extras.get("water_removal") for r in results],

@@ -251,6 +251,10 @@ class Preprocessed:
     conjugated: bool = False  #: the inputs were conjugated to the NIfTI-MRS sign convention
     #: The decision and its evidence (:mod:`bids_ketamine.spectroscopy.sign_convention`), for the sidecar.
     sign: object = None
+    #: Which reference corrected eddy currents ("dedicated eddy-current reference", "water reference") or None.
+    eddy_current_reference: str | None = None
+    aligned: bool = False  #: transients were aligned by spectral registration (more than one transient)
+    rejection: bool = False  #: the outlier screen of transients ran (it needs at least four transients)
 
 
 def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency: float,
@@ -283,12 +287,13 @@ def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
         water = None if water is None else np.conj(water)
         ecc = None if ecc is None else np.conj(ecc)
     water_comb = combine_coils(np.asarray(water), weights).mean(axis=0) if water is not None else None
-    ecc_comb = None
+    ecc_comb, ecc_used = None, None
     if ecc is not None:
         e = np.asarray(ecc)
         ecc_comb = combine_coils(e, wsvd_coil_weights(e.mean(axis=1))).mean(axis=0)
+        ecc_used = "dedicated eddy-current reference"
     elif water_comb is not None and ecc_from_water:
-        ecc_comb = water_comb
+        ecc_comb, ecc_used = water_comb, "water reference"
     if ecc_comb is not None:
         comb = eddy_current_correct(comb, ecc_comb)
         if water_comb is not None:
@@ -306,7 +311,9 @@ def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
         phase = peak_phase(average, dwell_time, spectrometer_frequency, phase_to_peak_ppm)
         average = average * np.exp(-1j * phase)
         aligned = aligned * np.exp(-1j * phase)
-    return Preprocessed(aligned, keep, average, water_comb, alignment, weights, bool(conjugate), sign)
+    return Preprocessed(aligned, keep, average, water_comb, alignment, weights, bool(conjugate), sign,
+                        eddy_current_reference=ecc_used, aligned=bool(align and comb.shape[0] > 1),
+                        rejection=bool(reject and comb.shape[0] >= 4))
 
 
 def peak_phase(fid: np.ndarray, dwell_time: float, spectrometer_frequency: float, ppm: float,

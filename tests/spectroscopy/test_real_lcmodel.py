@@ -123,3 +123,20 @@ def test_water_scaling_is_the_same_for_every_basis_source(shared_data, tmp_path)
     assert np.allclose(molal["lcmodel"].values, both.values, rtol=1e-4, atol=1e-3, equal_nan=True)
     assert molal["simulate"]["tNAA"] == pytest.approx(molal["lcmodel"]["tNAA"], rel=0.05)
     assert 5.0 < molal["lcmodel"]["tNAA"] < 25.0
+
+
+@pytest.mark.realdata
+def test_methods_say_what_was_done_to_a_static_spectrum(lcmodel_basis_run):
+    """Issue 17, item 9: the methods of a single average without events.tsv name no blocks, no alignment of one
+    transient, and the macromolecule/lipid model and water removal that the sidecar records (3t.basis has no MM)."""
+    import html
+    import re
+
+    code, out, _ = lcmodel_basis_run
+    assert code == 0
+    text = html.unescape(re.sub(r"<[^>]+>", " ", (out / "sub-01.html").read_text()))
+    methods = text[text.index("Single-voxel"):text.index("Parameters of this run")]
+    assert "blocks of" not in methods and "aligned in frequency" not in methods
+    assert "single averaged spectra" in methods
+    assert "Gaussian components at LCModel's positions" in methods and "HLSVD" in methods
+    assert "functional MRS" not in text
