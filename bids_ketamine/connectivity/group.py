@@ -283,16 +283,21 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
         drug: delta_pca_frame(matrices[drug], parcel_order=parcel_order, n_shuffles=params.n_shuffles,
                               percentile=params.significance_percentile, seed=_seed_for(seed, "pca", drug),
                               batch_size=params.shuffle_batch_size, n_jobs=n_jobs) for drug in drugs}
-    comparison = dim.compare_dimensionality({d: matrices[d].to_numpy() for d in drugs},
-                                            subsample_size=params.dimensionality_subsample_size,
-                                            n_subsamples=params.dimensionality_n_subsamples,
-                                            seed=_seed_for(seed, "dimensionality"))
+    comparison = dim.compare_dimensionality(
+        {d: matrices[d].to_numpy() for d in drugs}, subsample_size=params.dimensionality_subsample_size,
+        n_subsamples=params.dimensionality_n_subsamples, n_permutations=params.dimensionality_n_permutations,
+        test_subsamples=params.dimensionality_test_subsamples, seed=_seed_for(seed, "dimensionality"),
+        subjects={d: [str(s) for s in matrices[d].index] for d in drugs},
+        descriptive_anova=params.dimensionality_subsample_anova)
+    for note in comparison.notes:
+        notes.append(f"dimensionality: {note}")
+        LOG.info(notes[-1])
     # build the report figures before writing anything: a plotting failure must not leave half the outputs
     from bids_ketamine.connectivity.figures import participation_ratio_figure, subject_scores_figure
 
     figures = [(subject_scores_figure(results), {**ent_base, "desc": "subjectscores"}, "pca"),
-               (participation_ratio_figure(comparison.subsamples, comparison.per_drug, comparison.anova,
-                                           comparison.pairwise), {"desc": "participationratio"}, "dimensionality")]
+               (participation_ratio_figure(comparison.subsamples, comparison.per_drug, comparison.pairwise,
+                                           comparison.anova), {"desc": "participationratio"}, "dimensionality")]
 
     for drug in drugs:
         matrix = matrices[drug]
@@ -372,36 +377,10 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
         }
 
     # ---- dimensionality across drugs (computed above)
-    dim_meta = {"SubsampleSize": comparison.subsample_size, "NumberOfSubsamples": comparison.n_subsamples,
-                "Caveat": "subsample PRs reuse the same subjects, so ANOVA and t-test p-values shrink as the "
-                          "number of subsamples grows; read them with the effect sizes"}
     all_sources = [m.path for d in drugs for m in by_drug[d]]
-    written.append(writer.write_table(
-        comparison.per_drug, entities={"desc": "dimensionality"}, suffix="stats", sources=all_sources,
-        parameters=record, metadata=dim_meta,
-        description="participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues of each drug's delta "
-                    "maps, on random equal-size subsamples of subjects",
-        columns={"drug": "drug", "n_subjects": "subjects with a map", "subsample_size": "subjects per subsample",
-                 "n_subsamples": "random subsamples", "pr_all_subjects": "participation ratio of all subjects",
-                 "pr_mean": "mean participation ratio over subsamples", "pr_sd": "SD over subsamples",
-                 "pr_q025": "2.5th percentile over subsamples", "pr_q975": "97.5th percentile over subsamples"}))
-    if len(drugs) >= 2:
-        written.append(writer.write_table(
-            comparison.anova, entities={"desc": "dimensionalityanova"}, suffix="stats", sources=all_sources,
-            parameters=record, metadata=dim_meta,
-            columns={"n_drugs": "drugs compared", "df_between": "degrees of freedom between drugs",
-                     "df_within": "degrees of freedom within drugs", "f": "one-way ANOVA F over subsample PRs",
-                     "p": "ANOVA p-value"}))
-        written.append(writer.write_table(
-            comparison.pairwise, entities={"desc": "dimensionalitypairwise"}, suffix="stats", sources=all_sources,
-            parameters=record, metadata=dim_meta,
-            columns={"drug_a": "first drug", "drug_b": "second drug",
-                     "mean_difference": "mean PR of drug_a minus mean PR of drug_b",
-                     "cohens_d": "mean difference over the pooled SD of subsample PRs",
-                     "fraction_a_greater": "fraction of (subsample a, subsample b) pairs with PR_a > PR_b",
-                     "t": "Student t over subsample PRs", "df": "degrees of freedom", "p": "two-sided p",
-                     "p_bonferroni": "p times the number of drug pairs, capped at 1"}))
-    summary["dimensionality"] = comparison.per_drug.to_dict(orient="records")
+    written += write_dimensionality(comparison, writer, sources=all_sources, record=record)
+    summary["dimensionality"] = json.loads(comparison.per_drug.to_json(orient="records"))
+    summary["dimensionality_tests"] = json.loads(comparison.pairwise.to_json(orient="records"))
     for fig, entities, suffix in figures:
         written.append(writer.write_figure(fig, entities=entities, suffix=suffix, extension=".png"))
 
@@ -429,6 +408,77 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
             written += write_null_calibration(params, atlas, writer, seed=seed, n_jobs=n_jobs, record=record,
                                               cache_dir=work_dir / "surrogates")
     written.append(writer.write_json(summary, entities={"desc": "connectivity"}, suffix="summary"))
+    return written
+
+
+DIMENSIONALITY_INFERENCE = ("permutation test of the equal-n participation-ratio difference with subjects as "
+                            "units (subjects reassigned between the two drugs' pools at the observed group sizes, "
+                            "each drug's maps centred by its mean map), Holm-corrected across drug pairs; 95 % "
+                            "intervals by the delete-one jackknife over subjects")
+
+
+def write_dimensionality(comparison: dim.DimensionalityComparison, writer, *, sources: list[Path],
+                         record: dict) -> list[Path]:
+    """The dimensionality tables: per drug (equal-n PR, jackknife CI), pairwise permutation tests (the inference)
+    and, when asked for, the published subsample ANOVA labelled descriptive."""
+    meta = {"SubsampleSize": comparison.subsample_size, "NumberOfSubsamples": comparison.n_subsamples,
+            "NumberOfPermutations": comparison.n_permutations, "Inference": DIMENSIONALITY_INFERENCE,
+            "Notes": comparison.notes}
+    written = [writer.write_table(
+        comparison.per_drug, entities={"desc": "dimensionality"}, suffix="stats", sources=sources,
+        parameters=record, metadata=meta,
+        description="participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues of each drug's delta "
+                    "maps at one subsample size (equal-n PR: mean over subsamples), with a jackknife interval "
+                    "over subjects",
+        columns={"drug": "drug", "n_subjects": "subjects with a map", "subsample_size": "subjects per subsample",
+                 "n_distinct_subsamples": "distinct subsamples of that size that exist, C(n_subjects, "
+                                          "subsample_size)",
+                 "n_subsamples": "subsamples used (each distinct subsample once when subsamples_enumerated)",
+                 "subsamples_enumerated": "every distinct subsample was used once (fewer exist than requested)",
+                 "pr_all_subjects": "participation ratio of all subjects (grows with n: not comparable across "
+                                    "drugs of different size)",
+                 "pr_mean": "equal-n PR: mean participation ratio over the subsamples",
+                 "pr_sd": "SD over subsamples (they share subjects: a description, not an uncertainty)",
+                 "pr_se": "jackknife standard error of the equal-n PR over subjects",
+                 "pr_ci_low": "lower bound of the 95 % jackknife t interval",
+                 "pr_ci_high": "upper bound of the 95 % jackknife t interval"})]
+    if len(comparison.pairwise):
+        written.append(writer.write_table(
+            comparison.pairwise, entities={"desc": "dimensionalitypairwise"}, suffix="stats", sources=sources,
+            parameters=record, metadata=meta,
+            description="pairwise comparison of the equal-n participation ratio: " + DIMENSIONALITY_INFERENCE,
+            columns={"drug_a": "first drug", "drug_b": "second drug",
+                     "pr_a": "equal-n PR of drug_a (test subsamples)", "pr_b": "equal-n PR of drug_b",
+                     "difference": "pr_a - pr_b", "se": "stratified jackknife standard error of the difference",
+                     "ci_low": "lower bound of the 95 % jackknife interval of the difference",
+                     "ci_high": "upper bound of the 95 % jackknife interval of the difference",
+                     "p_permutation": "two-sided permutation p = (1 + #{|null| >= |observed|}) / (1 + N)",
+                     "n_permutations": "reassignments of subjects", "shared_subjects": "subjects with maps under "
+                     "both drugs (their two maps swapped as a unit)",
+                     "p_holm": "Holm-adjusted p across drug pairs (the inference)",
+                     "p_bonferroni": "p_permutation times the number of drug pairs, capped at 1"}))
+    if comparison.anova is not None:
+        caveat = ("DESCRIPTIVE ONLY (the published analysis): the subsamples of a drug reuse the same subjects, so "
+                  "these p-values shrink as more subsamples are drawn and do not test the drugs; the inference is "
+                  "desc-dimensionalitypairwise_stats.tsv")
+        written.append(writer.write_table(
+            comparison.anova, entities={"desc": "dimensionalitysubsampleanova"}, suffix="stats", sources=sources,
+            parameters=record, metadata={**meta, "Caveat": caveat}, description="one-way ANOVA over subsample "
+            "participation ratios. " + caveat,
+            columns={"n_drugs": "drugs compared", "df_between": "degrees of freedom between drugs",
+                     "df_within": "degrees of freedom within drugs (subsamples, not subjects)",
+                     "f": "one-way ANOVA F over subsample PRs", "p": "ANOVA p-value (descriptive, see Caveat)"}))
+        written.append(writer.write_table(
+            comparison.anova_pairwise, entities={"desc": "dimensionalitysubsamplepairwise"}, suffix="stats",
+            sources=sources, parameters=record, metadata={**meta, "Caveat": caveat},
+            description="Student t-tests between drugs over subsample participation ratios. " + caveat,
+            columns={"drug_a": "first drug", "drug_b": "second drug",
+                     "mean_difference": "mean subsample PR of drug_a minus that of drug_b",
+                     "cohens_d": "mean difference over the pooled SD of subsample PRs",
+                     "fraction_a_greater": "fraction of (subsample a, subsample b) pairs with PR_a > PR_b",
+                     "t": "Student t over subsample PRs", "df": "degrees of freedom (subsamples)",
+                     "p": "two-sided p (descriptive, see Caveat)",
+                     "p_bonferroni": "p times the number of drug pairs, capped at 1 (descriptive)"}))
     return written
 
 

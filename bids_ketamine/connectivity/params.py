@@ -32,9 +32,19 @@ class ConnectivityParams(BaseModel):
                                                        "significant PC; all PCs are in the tables)")
     # ---- dimensionality
     dimensionality_subsample_size: int | None = Field(None, ge=2, description="subjects per subsample for the "
-                                                      "participation ratio; None: the smallest drug group "
-                                                      "(published: 22)")
-    dimensionality_n_subsamples: int = Field(1000, ge=2, description="random subsamples per drug")
+                                                      "equal-n participation ratio; None: one below the smallest "
+                                                      "drug group, so its subsamples differ (published: 22)")
+    dimensionality_n_subsamples: int = Field(1000, ge=1, description="subsamples describing each drug (all of "
+                                                                     "them, once each, when fewer exist)")
+    dimensionality_n_permutations: int = Field(5000, ge=0, description="reassignments of subjects between two "
+                                               "drugs' pools in the permutation test of their PR difference")
+    dimensionality_test_subsamples: int = Field(200, ge=1, description="subsamples defining the equal-n PR "
+                                                "inside the permutation test and the jackknife (recomputed for "
+                                                "every permutation)")
+    dimensionality_subsample_anova: bool = Field(False, description="also write the published one-way ANOVA and "
+                                                 "t-tests over subsample PRs, labelled descriptive: subsamples "
+                                                 "reuse subjects, so their p-values count subsamples, not "
+                                                 "subjects, and are never the inference")
     # ---- genes
     gene_table: Path | None = Field(None, description="TSV: column 'parcel' (or 'name') with atlas parcel names, "
                                                       "one column per gene")

@@ -261,6 +261,7 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
         pct = p.text("significance_percentile")
         subsample = p.text("dimensionality_subsample_size", "subsample_size", "pr_subsample_size")
         n_sub = p.text("dimensionality_n_subsamples", "n_subsamples", "pr_subsamples")
+        perms_dim = p.text("dimensionality_n_permutations")
         surrogates = p.text("n_surrogates", "surrogates")
         genes_configured = p.get("gene_table") not in (None, "") or p.get("ahba_dir") not in (None, "")
         fdr = p.text("fdr_alpha")
@@ -273,10 +274,13 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             "Subject scores were Pearson correlations between each subject's map and each component map; maps are "
             "shown z-scored across parcels (component signs are arbitrary).",
             "Effective dimensionality per drug was the participation ratio (sum λ)² / sum λ² of the covariance "
-            "eigenvalues on " + (f"{n_sub} " if n_sub else "") + "random subsamples"
+            "eigenvalues, averaged over " + (f"up to {n_sub} " if n_sub else "") + "subsamples"
             + (f" of {subsample} subjects" if subsample and subsample != "none" else
-               " of the size of the smallest drug group") + ", compared across drugs by one-way ANOVA with "
-            "Bonferroni-corrected post hoc tests.",
+               " of one subject fewer than the smallest drug group") + " (every distinct subsample once when fewer "
+            "exist). Drugs were compared by permutation tests with subjects as units (subjects reassigned between "
+            "the two drugs' pools at the observed group sizes" + (f", {perms_dim} permutations" if perms_dim else "")
+            + "), Holm-corrected across drug pairs, with delete-one jackknife 95 % intervals over subjects; an ANOVA "
+            "over subsample values was not used for inference because subsamples reuse the same subjects.",
             ("Component maps were correlated with " + _gene_source_text(p) + " and tested against "
              + (f"{surrogates} " if surrogates else "")
              + "spatially autocorrelated surrogate maps (" + _surrogate_text(p) + "), with false discovery rate "
