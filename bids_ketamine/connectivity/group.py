@@ -13,7 +13,8 @@ Subjects: when the participants table lists subjects, only their maps are used (
 Outputs under ``group/`` (every table with a sidecar describing its columns):
 ``atlas-<a>_desc-<drug>pca_stats.tsv`` (per PC: explained variance, null threshold, p, significance),
 ``..._desc-<drug>pca_components.tsv`` (z-scored PC maps, parcels x PCs), ``..._desc-<drug>pca_scores.tsv``
-(r of each subject's map with each PC map), ``..._desc-<drug>pca_null.tsv`` (shuffled explained variances),
+(r of each subject's map with each PC map), ``..._desc-<drug>pcaprojection_scores.tsv`` (the published projection
+scores), ``..._desc-<drug>pca_null.tsv`` (shuffled explained variances),
 ``..._desc-<drug>mean_gbc.tsv`` (mean delta map), ``..._stat-z_desc-<drug>pc<k>_statmap.nii.gz`` and
 ``..._stat-mean_desc-<drug>deltagbc_statmap.nii.gz``, ``figures/..._desc-<drug>scree_pca.svg``,
 ``figures/..._desc-subjectscores_pca.png`` (subject scores per PC, by drug) and
@@ -178,10 +179,14 @@ def pca_tables(result: DeltaPCA, info: pd.DataFrame) -> dict[str, pd.DataFrame]:
     scores = pd.DataFrame({"participant_id": result.subjects})
     for i in range(k):
         scores[f"pc{i + 1}"] = result.scores[:, i]
+    projections = pd.DataFrame({"participant_id": result.subjects})
+    for i in range(k):
+        projections[f"pc{i + 1}"] = result.projections[:, i]
     null = pd.DataFrame(result.null, columns=[f"pc{i + 1}" for i in range(k)])
     null.insert(0, "shuffle", np.arange(1, result.null.shape[0] + 1))
     mean = _parcel_frame(result.parcels, info)
-    return {"stats": stats, "components": comps, "scores": scores, "null": null, "mean": mean}
+    return {"stats": stats, "components": comps, "scores": scores, "projections": projections, "null": null,
+            "mean": mean}
 
 
 def scree_figure(result: DeltaPCA, drug: str, max_rank: int = 15):
@@ -341,6 +346,15 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
             columns={"participant_id": "subject label (without sub-)",
                      **{c: f"Pearson r between the subject's delta-GBC map and the {v} map" for c, v in
                         pc_cols.items()}}))
+        written.append(writer.write_table(
+            tables["projections"], entities={**ent_base, "desc": f"{drug}pcaprojection"}, suffix="scores",
+            sources=sources, parameters=record, metadata=meta,
+            description="projection scores (the published subject scores): each subject's delta map, centred by "
+                        "the parcel means across subjects, projected on each unit-norm PC loading vector; the "
+                        "correlation scores are in the desc-<drug>pca_scores table",
+            columns={"participant_id": "subject label (without sub-)",
+                     **{c: {"Description": f"projection of the subject's centred delta-GBC map on the {v} loadings",
+                            "Units": "Fisher z"} for c, v in pc_cols.items()}}))
         written.append(writer.write_table(
             tables["null"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="null", sources=sources,
             parameters=record, metadata=meta,

@@ -271,7 +271,8 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             + (f"{pct}th" if pct else "95th") + " percentile of the explained variance at the same rank over "
             + (f"{shuffles} " if shuffles else "") + "data sets in which each subject's parcel values were "
             "shuffled independently.",
-            "Subject scores were Pearson correlations between each subject's map and each component map; maps are "
+            "Subject scores were Pearson correlations between each subject's map and each component map, and "
+            "projections of each subject's centred map on the component loadings; maps are "
             "shown z-scored across parcels (component signs are arbitrary).",
             "Effective dimensionality per drug was the participation ratio (sum λ)² / sum λ² of the covariance "
             "eigenvalues, averaged over " + (f"up to {n_sub} " if n_sub else "") + "subsamples"

@@ -102,6 +102,10 @@ def test_group_level_outputs_planted_structure_and_genes(tmp_path: Path, planted
         assert abs(np.corrcoef(comps[f"pc{k + 1}"], planted["maps"][k])[0, 1]) >= 0.9
     scores = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepca_scores.tsv", sep="\t", dtype={"participant_id": str})
     assert len(scores) == N_KETAMINE and scores["pc1"].abs().max() <= 1
+    projections = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepcaprojection_scores.tsv", sep="\t",
+                              dtype={"participant_id": str})
+    assert list(projections["participant_id"]) == list(scores["participant_id"])
+    assert projections["pc1"].abs().max() > 1       # in Fisher-z units, not bounded like a correlation
     null = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepca_null.tsv", sep="\t")
     assert null.shape == (200, 1 + N_KETAMINE - 1)
     assert (g / f"atlas-{atlas.name}_stat-z_desc-ketaminepc2_statmap.nii.gz").is_file()
