@@ -60,6 +60,7 @@ class SurfaceAtlas:
     brain_axis: object
     keys: np.ndarray
     notes: tuple[str, ...] = ()
+    on_fslr32k: bool = True
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     kind = "surface"
@@ -74,7 +75,10 @@ class SurfaceAtlas:
         return self.keys, dict(zip(self.labels["index"].astype(int), self.labels["name"])), self.brain_axis
 
     def with_geometry(self) -> list[str]:
-        """Parcels with vertices on the fsLR cortex (the ones spin tests and geodesic nulls can use)."""
+        """Parcels with vertices on the fsLR cortex (the ones spin tests and geodesic nulls can use); none when the
+        parcellation's surfaces are not the fsLR 32k mesh."""
+        if not self.on_fslr32k:
+            return []
         have = set()
         for hemi in HEMISPHERES:
             have |= set(np.unique(self.vertex_labels(hemi))) - {0}
@@ -412,15 +416,16 @@ def _load_dlabel(path: Path) -> SurfaceAtlas:
         raise BadDataError(f"cannot read the CIFTI dense label file ({exc})", path=path,
                            fix="give a .dlabel.nii on fsLR grayordinates (e.g. the 91k CIFTI space)") from exc
     wrong = {s: n for s, n in axis.nvertices.items() if n != FSLR_32K_VERTICES}
-    if wrong:
-        raise BadDataError(f"the dlabel's surfaces have {sorted(set(wrong.values()))} vertices, not fsLR 32k "
-                           f"({FSLR_32K_VERTICES})", path=path, fix="give a parcellation on the fsLR 32k mesh")
+    notes = (f"{path.name}: its surfaces have {sorted(set(wrong.values()))} vertices, not the fsLR 32k mesh "
+             f"({FSLR_32K_VERTICES}): it parcellates matching time series, but surface figures, spin tests and "
+             "geodesic distances are unavailable",) if wrong else ()
     try:
         labels = _labels_from_axis(keys, table, axis)
     except ValueError as exc:
         raise BadDataError(str(exc), path=path, fix="give every parcel a unique name") from exc
     name = re.sub(r"[^0-9a-zA-Z]", "", path.name.split(".")[0]) or "surface"
-    return SurfaceAtlas(name=name, labels=labels, source=str(path), brain_axis=axis, keys=keys)
+    return SurfaceAtlas(name=name, labels=labels, source=str(path), brain_axis=axis, keys=keys, notes=notes,
+                        on_fslr32k=not wrong)
 
 
 def _load_gifti_pair(left: Path, right: Path) -> SurfaceAtlas:
