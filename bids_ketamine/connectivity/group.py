@@ -151,7 +151,7 @@ def configured_surface_atlas(params: ConnectivityParams):
     return None
 
 
-def resolve_atlas(params: ConnectivityParams, names: set[str], notes: list[str]):
+def resolve_atlas(params: ConnectivityParams, names: set[str], notes: list[str], example: str = "the maps"):
     """The parcellation whose parcel names are exactly the maps' ``names``, tried in this order: the configured
     surface parcellation, the configured (or default) volumetric atlas, the built-in surface parcellations
     (Glasser, CABNP). None (with a note naming what was tried) when none matches."""
@@ -170,7 +170,8 @@ def resolve_atlas(params: ConnectivityParams, names: set[str], notes: list[str])
                 LOG.info(notes[-1])
             return atlas
         tried.append(f"{atlas.name} ({len(set(atlas.names) & names)} of {len(names)} names shared)")
-    notes.append("WARNING: the maps' parcel names match no known atlas (tried " + ", ".join(tried) + "): PC images, "
+    notes.append(f"WARNING: the parcel names of the delta maps (e.g. {example}) match no known atlas (tried "
+                 + ", ".join(tried) + "): PC images, "
                  "surface figures, the gene analysis and the null calibration were not made; configure the atlas "
                  "the maps were computed with (connectivity.participant.cifti_dlabel, gifti_labels or atlas_nifti/"
                  "atlas_labels), or map the names with connectivity.parcel_aliases")
@@ -347,7 +348,8 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
     # one parcel set for every map (names), in atlas order when an atlas matches
     first = by_drug[drugs[0]][0]
     names = set(first.values.index)
-    atlas = resolve_atlas(params, names, notes)
+    example = first.path.relative_to(output_dir) if first.path.is_relative_to(output_dir) else first.path
+    atlas = resolve_atlas(params, names, notes, example=str(example))
     atlas_matches = atlas is not None
     if not atlas_matches and (params.gene_table is not None or params.ahba_dir is not None):
         notes.append("WARNING: the gene analysis was requested but not run: it needs the parcels' positions, and "
@@ -400,6 +402,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
         tables["mean"]["mean_delta_gbc"] = result.mean_map
         tables["mean"]["sd_delta_gbc"] = matrix.to_numpy().std(axis=0, ddof=1)
         tables["mean"]["n_subjects"] = matrix.shape[0]
+        tables["stats"]["atlas_matched"] = atlas_matches  # flag: without it no images, figures on the brain, genes
         k = result.explained_variance_ratio.size
         pc_cols = {f"pc{i + 1}": f"PC{i + 1}" for i in range(k)}
         meta = {"Drug": drug, "NumberOfSubjects": matrix.shape[0], "NumberOfShuffles": params.n_shuffles,
@@ -421,7 +424,9 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame | None, sessions: 
                      "p_value": "(1 + #{shuffled ratio >= observed}) / (1 + number of shuffles) at this rank",
                      "exceeds_null": "observed ratio > null_threshold at this rank",
                      "significant": "counted as significant: exceeds_null for this and every larger PC "
-                                    "(consecutive from PC1)"}))
+                                    "(consecutive from PC1)",
+                     "atlas_matched": "the maps' parcel names matched an atlas (false: no PC images, surface or "
+                                      "brain figures, gene analysis or null calibration; see Warnings)"}))
         written.append(writer.write_table(
             tables["components"], entities={**ent_base, "desc": f"{drug}pca"}, suffix="components",
             sources=sources, parameters=record, metadata=meta,
