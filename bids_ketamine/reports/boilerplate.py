@@ -62,6 +62,11 @@ REFERENCES = {
     "wagner2015": "Wagner, H. H., Dray, S. (2015). Generating spatially constrained null models for irregularly "
                   "spaced data using Moran spectral randomization methods. Methods in Ecology and Evolution "
                   "6(10):1169-1178. doi:10.1111/2041-210X.12407",
+    "alexanderbloch2018": "Alexander-Bloch, A. F., et al. (2018). On testing for spatial correspondence between maps "
+                          "of human brain structure and function. NeuroImage 178:540-551. "
+                          "doi:10.1016/j.neuroimage.2018.05.070",
+    "vasa2018": "Vasa, F., et al. (2018). Adolescent tuning of association cortex in human structural brain networks. "
+                "Cerebral Cortex 28(1):281-294. doi:10.1093/cercor/bhx249",
     "abagen": "Markello, R. D., et al. (2021). Standardizing workflows in imaging transcriptomics with the abagen "
               "toolbox. eLife 10:e72129. doi:10.7554/eLife.72129",
     "ahba": "Hawrylycz, M. J., et al. (2012). An anatomically comprehensive atlas of the adult human brain "
@@ -238,7 +243,9 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
     hp = p.get("high_pass_hz")
     gsr = p.get("global_signal_regression")
     space = p.text("space")
-    paras = [_join([
+    total, supplied = p.get("maps_total"), p.get("maps_supplied")
+    all_supplied = isinstance(total, int) and isinstance(supplied, int) and total > 0 and supplied == total
+    paras = [] if all_supplied else [_join([
         "Resting-state BOLD runs preprocessed by fMRIPrep" + (f" ({space} space)" if space else "") + " were "
         "analysed following Moujaes, Ji et al. [moujaes2024].",
         "Frames were censored when framewise displacement [power2012] exceeded " + (fd or "the threshold")
@@ -256,11 +263,15 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
         "parcel was its mean z with all other parcels, and each subject's delta-GBC map was GBC under the drug "
         "minus GBC under placebo.",
     ])]
+    supplied_text = _supplied_maps_text(p)
+    if supplied_text:
+        paras.append(supplied_text)
     if ran_group:
         shuffles = p.text("n_shuffles", "n_permutations", "shuffles")
         pct = p.text("significance_percentile")
         subsample = p.text("dimensionality_subsample_size", "subsample_size", "pr_subsample_size")
         n_sub = p.text("dimensionality_n_subsamples", "n_subsamples", "pr_subsamples")
+        perms_dim = p.text("dimensionality_n_permutations")
         surrogates = p.text("n_surrogates", "surrogates")
         genes_configured = p.get("gene_table") not in (None, "") or p.get("ahba_dir") not in (None, "")
         fdr = p.text("fdr_alpha")
@@ -270,16 +281,20 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             + (f"{pct}th" if pct else "95th") + " percentile of the explained variance at the same rank over "
             + (f"{shuffles} " if shuffles else "") + "data sets in which each subject's parcel values were "
             "shuffled independently.",
-            "Subject scores were Pearson correlations between each subject's map and each component map; maps are "
+            "Subject scores were Pearson correlations between each subject's map and each component map, and "
+            "projections of each subject's centred map on the component loadings; maps are "
             "shown z-scored across parcels (component signs are arbitrary).",
             "Effective dimensionality per drug was the participation ratio (sum λ)² / sum λ² of the covariance "
-            "eigenvalues on " + (f"{n_sub} " if n_sub else "") + "random subsamples"
+            "eigenvalues, averaged over " + (f"up to {n_sub} " if n_sub else "") + "subsamples"
             + (f" of {subsample} subjects" if subsample and subsample != "none" else
-               " of the size of the smallest drug group") + ", compared across drugs by one-way ANOVA with "
-            "Bonferroni-corrected post hoc tests.",
+               " of one subject fewer than the smallest drug group") + " (every distinct subsample once when fewer "
+            "exist). Drugs were compared by permutation tests with subjects as units (subjects reassigned between "
+            "the two drugs' pools at the observed group sizes" + (f", {perms_dim} permutations" if perms_dim else "")
+            + "), Holm-corrected across drug pairs, with delete-one jackknife 95 % intervals over subjects; an ANOVA "
+            "over subsample values was not used for inference because subsamples reuse the same subjects.",
             ("Component maps were correlated with " + _gene_source_text(p) + " and tested against "
              + (f"{surrogates} " if surrogates else "")
-             + "spatially autocorrelated surrogate maps (" + _surrogate_text(p) + "), with false discovery rate "
+             + "spatially autocorrelated null maps (" + _surrogate_text(p) + "), with false discovery rate "
              "control across genes [bh]" + (f" at {fdr}" if fdr else "") + ".") if genes_configured else None,
         ]))
     return paras
@@ -299,13 +314,26 @@ def _gene_source_text(p: _Lookup) -> str:
     return f"{where}gene expression (Allen Human Brain Atlas [ahba], via abagen [abagen])"
 
 
-def _surrogate_text(p: _Lookup) -> str:
-    """How the gene tests' spatial null was made, from the run's surrogate_method and per-hemisphere setting."""
-    method = p.get("surrogate_method") or "moran"
-    where = "generated per hemisphere" if p.get("surrogate_per_hemisphere") else "generated over the whole brain"
+_NULL_TEXTS = {
+    "spin": "spin test: parcel centroids rotated on the fsLR sphere, each parcel taking the value of the nearest "
+            "rotated parcel, parcels the rotated medial wall lands on left out [alexanderbloch2018]",
+    "spin_vasa": "spin test with a one-to-one parcel assignment [alexanderbloch2018, vasa2018]",
+    "spin_hungarian": "spin test with the least-distance one-to-one assignment [alexanderbloch2018]",
+}
+
+
+def _one_null_text(method: str, p: _Lookup, geodesic: bool) -> str:
+    if method in _NULL_TEXTS:
+        return _NULL_TEXTS[method]
+    if geodesic:
+        distances = "geodesic distances along the fsLR midthickness cortex, within hemispheres"
+        where = "generated per hemisphere"
+    else:
+        distances = "parcel centroids"
+        where = "generated per hemisphere" if p.get("surrogate_per_hemisphere") else "generated over the whole brain"
     if method == "brainsmash":
-        return f"variogram-matched surrogates, BrainSMASH [brainsmash], {where}"
-    return (f"Moran spectral randomisation on inverse-distance weights between parcel centroids [wagner2015], "
+        return f"variogram-matched surrogates, BrainSMASH [brainsmash], on {distances}, {where}"
+    return (f"Moran spectral randomisation on inverse-distance weights between {distances} [wagner2015], "
             f"{where}")
 
 
@@ -346,6 +374,41 @@ def _some(values: set, value: Any) -> str | None:
     if value not in values:
         return None
     return "" if values == {value} else " (for some acquisitions)"
+
+
+def _surrogate_text(p: _Lookup) -> str:
+    """How the gene tests' spatial nulls were made: the primary null the run resolved (``Resolved`` in the group
+    sidecars, e.g. the spin test on a surface parcellation) and the others reported beside it; else the configured
+    surrogate_method."""
+    primary = p.get("gene_primary_null")
+    geodesic = p.get("gene_distances") == "geodesic"
+    if primary:
+        others = [m for m in (p.get("gene_nulls") or []) if m != primary]
+        text = "primary inference: " + _one_null_text(str(primary), p, geodesic)
+        if others:
+            text += "; p-values under " + "; ".join(_one_null_text(str(m), p, geodesic) for m in others) + \
+                    " are reported beside it"
+        return text
+    method = p.get("surrogate_method") or "moran"
+    return _one_null_text("moran" if method == "auto" else str(method), p, False)
+
+
+def _supplied_maps_text(p: _Lookup) -> str | None:
+    """What the methods can say about delta maps that this app did not compute (imported tables)."""
+    total, supplied = p.get("maps_total"), p.get("maps_supplied")
+    if not isinstance(supplied, int) or supplied <= 0:
+        return None
+    provenance = p.get("maps_provenance") or []
+    source = (" Their sidecars describe them as: " + " | ".join(str(x) for x in provenance) + ".") if provenance \
+        else " They carried no provenance sidecar."
+    atlas = p.get("atlas")
+    parcels = f" on the {atlas} parcellation" if atlas else ""
+    if supplied == total:
+        return (f"The {supplied} delta-GBC maps{parcels} were supplied as tables computed outside bids_ketamine "
+                "(GBC under the drug minus GBC under placebo, per parcel); their preprocessing, censoring and "
+                "connectivity estimation are those of their source and were not performed here." + source)
+    return (f"{supplied} of {total} delta-GBC maps{parcels} were supplied as tables computed outside bids_ketamine "
+            "rather than by the steps above." + source)
 
 
 def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
