@@ -21,7 +21,7 @@ from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_sect
 from bids_ketamine.reports.boilerplate import build_methods, methods_html, write_methods
 from bids_ketamine.reports.collect import ANALYSIS_NAMES, OutputFolder, exclusion_notes
 from bids_ketamine.reports.findings import Finding, collect_findings, write_findings
-from bids_ketamine.reports.render import Block, SizeBudget, render_page
+from bids_ketamine.reports.render import Block, SizeBudget, failure_text, render_page
 from bids_ketamine.reports.sections import GROUP_SECTIONS
 
 #: The group report holds many figures; its budget is larger than a participant report's (still one file).
@@ -51,8 +51,7 @@ def _overview(folder: OutputFolder) -> Section:
                 cells.append(f"<td class='failed' title='{html.escape(str(status.get('message', '')), quote=True)}'>"
                              "failed</td>")
                 counts[analysis][1] += 1
-                failed_lines.append(f"sub-{sub} {analysis}: {status.get('message', 'failed')} "
-                                    f"(exit code {status.get('exit_code')})")
+                failed_lines.append(failure_text(f"sub-{sub} {analysis}: ", status))
             elif sub in done[analysis] or (status is not None and status.get("ok")):
                 cells.append("<td>ok</td>")
                 counts[analysis][0] += 1
@@ -152,9 +151,8 @@ def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, me
         finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
 
     errors = next(s for s in sections if s.id == "errors")
-    group_failures = [f"group {a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')}, {s.get('run')})"
-                      for a, s in sorted(statuses.items()) if not s.get("ok")]
-    participant_failures = [f"sub-{sub} {a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')})"
+    group_failures = [failure_text(f"group {a}: ", s, run=True) for a, s in sorted(statuses.items()) if not s.get("ok")]
+    participant_failures = [failure_text(f"sub-{sub} {a}: ", s)
                             for (sub, a), s in sorted(folder.participant_statuses().items()) if not s.get("ok")]
     exclusions = list(sorted_outputs.exclusions)
     for sidecar in sorted(folder.root.glob("sub-*/**/*.json")):  # participants' exclusion notes, one line each

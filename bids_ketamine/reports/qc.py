@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from bids_ketamine.reports.findings import entities_of, read_tsv
 from bids_ketamine.reports.numbers import format_number as fmt
 from bids_ketamine.reports.numbers import format_volume_mm3
@@ -178,7 +180,7 @@ def participant_qc(files_by_analysis: dict[str, list[Path]], failures: dict[str,
     for analysis, check in CHECKS.items():
         files = files_by_analysis.get(analysis, [])
         if analysis in failures:
-            verdicts.append(QCVerdict(analysis, "fail", [f"the analysis failed: {failures[analysis]}"]))
+            verdicts.append(QCVerdict(analysis, "fail", [Markup("the analysis failed: ") + failures[analysis]]))
         elif not files:
             verdicts.append(QCVerdict(analysis, "not run", [skipped.get(analysis) or "no outputs of this analysis"]))
         else:

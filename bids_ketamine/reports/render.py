@@ -55,6 +55,17 @@ class Block:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def failure_text(prefix: str, status: dict[str, Any], *, run: bool = False) -> Markup:
+    """A failure as the reports show it: ``prefix``, the program's message verbatim in ``<code>``, the exit code.
+
+    Why code: the message is the error line the run printed (file names, byte counts, library wording), quoted as
+    written; it is not a result, so it is neither rounded nor read as prose.
+    """
+    tail = f" (exit code {status.get('exit_code')}" + (f", {status.get('run')})" if run else ")")
+    return Markup("{}<code class=\"error-message\">{}</code>{}").format(prefix, status.get("message", "no message"),
+                                                                      tail)
+
+
 def figure_problem(path: Path, data: bytes) -> str | None:
     """Why a figure file cannot be shown (None when it looks like a complete PNG or SVG)."""
     if not data:
