@@ -100,22 +100,45 @@ def figure_block(path: Path, relpath: str, caption: str, budget: SizeBudget) -> 
     return Block("figure", caption, relpath, uri), None
 
 
+def _mm3_as_cm3(value: str) -> str:
+    """A cell recorded in mm^3 as cm3 (non-numbers such as ``n/a`` unchanged)."""
+    try:
+        return repr(float(value) / 1000.0)
+    except ValueError:
+        return value
+
+
 def _cell(value: str) -> str:
     """A table cell as shown: numbers rounded to 3 significant digits (the TSV keeps full precision)."""
     return html.escape(format_cell(value))
 
 
+#: Units a table records volumes in; the reports show them in cm3 (the TSV keeps mm^3).
+_MM3 = ("mm^3", "mm3")
+
+
+def _in_cm3(spec: Any) -> bool:
+    return isinstance(spec, dict) and str(spec.get("Units", "")).replace(" ", "") in _MM3
+
+
 def _header(column: str, spec: Any) -> str:
-    """A column name with its unit from the sidecar (``gm_volume_mm3 [mm^3]``), when the unit says something."""
+    """A column name with its unit from the sidecar (``gm_fraction_tiv``, ``gm_volume [cm3]``, ``crlb [%]``).
+
+    Volumes recorded in mm^3 are shown in cm3 (1962824 mm^3 reads as ``1960``, not ``1.96e6``); the ``_mm3``
+    suffix of the TSV's column name is dropped so the header does not name two units.
+    """
+    if _in_cm3(spec):
+        return f"{column.removesuffix('_mm3')} [cm3]"
     units = spec.get("Units") if isinstance(spec, dict) else None
-    return f"{column} [{units}]" if units and str(units) != "1" and str(units) not in column else column
+    plain = str(units).replace("^", "") if units else ""
+    return f"{column} [{units}]" if units and str(units) != "1" and plain not in column else column
 
 
 def _column_title(spec: Any) -> str:
     if isinstance(spec, dict):
         parts = [str(spec.get("Description", ""))]
         if spec.get("Units"):
-            parts.append(f"[{spec['Units']}]")
+            parts.append(f"[{spec['Units']} in the TSV]" if _in_cm3(spec) else f"[{spec['Units']}]")
         if spec.get("Levels"):
             parts.append("levels: " + ", ".join(f"{k}={v}" for k, v in dict(spec["Levels"]).items()))
         return " ".join(p for p in parts if p)
@@ -145,7 +168,9 @@ def table_block(path: Path, relpath: str, caption: str, *, max_rows: int = MAX_T
         shown = rows[:max_rows]
         head = "".join(f'<th title="{html.escape(_column_title(sidecar.get(c)), quote=True)}">'
                        f'{html.escape(_header(c, sidecar.get(c)))}</th>' for c in header)
-        body_rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in shown)
+        cm3 = [_in_cm3(sidecar.get(c)) for c in header]
+        body_rows = "".join("<tr>" + "".join(f"<td>{_cell(_mm3_as_cm3(v) if to_cm3 else v)}</td>"
+                                             for v, to_cm3 in zip(row, cm3)) + "</tr>" for row in shown)
         more = (f"<p class='muted'>showing the first {len(shown)} of {n_rows} rows (values rounded to 3 significant "
                 f"digits); the full table is <a href=\"{html.escape(relpath, quote=True)}\"><code>"
                 f"{html.escape(relpath)}</code></a>.</p>") if n_rows > len(shown) else ""

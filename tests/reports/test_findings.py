@@ -37,6 +37,21 @@ def test_cells_round_numbers_only_and_volumes_read_in_cm3():
     assert significant_digits("0.00200") == 3 and significant_digits("5000") == 1
 
 
+def test_volumes_recorded_in_mm3_are_shown_in_cm3_with_one_unit_in_the_header(tmp_path):
+    from bids_ketamine.reports.render import table_block
+
+    path = tmp_path / "sub-01_atlas-X_morph.tsv"
+    path.write_text("region\tgm_volume_mm3\ttiv_mm3\tcrlb\nL_a\t14036.7635\t1962824\t7.25\nL_b\tn/a\t1962824\t8\n")
+    path.with_suffix(".json").write_text(json.dumps({"gm_volume_mm3": {"Units": "mm^3"}, "tiv_mm3": {"Units": "mm3"},
+                                                     "crlb": {"Units": "%"}}))
+    block, problems = table_block(path, path.name, "t")
+    page = str(block.body)
+    headers = re.findall(r"<th title=\"[^\"]*\">(.*?)</th>", page)
+    assert problems == [] and headers == ["region", "gm_volume [cm3]", "tiv [cm3]", "crlb [%]"]
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert cells == ["L_a", "14", "1960", "7.25", "L_b", "n/a", "1960", "8"]  # 14036.8 mm3 = 14.0 cm3
+
+
 # ------------------------------------------------------------------------------------------------ verdict rules
 def _metrics(tmp_path: Path, discovery_p: float, external_p: float) -> Path:
     path = tmp_path / "atlas-X_desc-svm_metrics.tsv"
