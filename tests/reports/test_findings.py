@@ -128,13 +128,21 @@ def _tsv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
 
 
+def _table(outputs: Path, pattern: str, sources: list[str]) -> pd.DataFrame:
+    """The one group table matching ``pattern``, found by its name here (not taken from findings.json), which
+    findings.json must also name as a source."""
+    (path,) = sorted((outputs / "group").glob(f"**/{pattern}"))
+    assert path.relative_to(outputs).as_posix() in sources, (path, sources)
+    return _tsv(path)
+
+
 def test_findings_json_values_equal_the_tables_they_summarise(demo_outputs):
     doc = json.loads((demo_outputs / "group" / "findings.json").read_text())
     analyses = doc["analyses"]
     assert {a for a, e in analyses.items() if e["status"] == "ran"} == {"structural", "connectivity", "spectroscopy"}
 
     structural = analyses["structural"]
-    metrics = _tsv(demo_outputs / structural["sources"][0])
+    metrics = _table(demo_outputs, "*_desc-svm_metrics.tsv", structural["sources"])
     for cohort, values in structural["values"].items():
         bac = metrics[(metrics.cohort == cohort) & (metrics.metric == "bac")].iloc[0]
         auc = metrics[(metrics.cohort == cohort) & (metrics.metric == "auc")].iloc[0]
@@ -144,25 +152,25 @@ def test_findings_json_values_equal_the_tables_they_summarise(demo_outputs):
     assert set(structural["values"]) == set(metrics.cohort)
 
     connectivity = analyses["connectivity"]
-    pca = _tsv(demo_outputs / connectivity["sources"][0]).sort_values("component")
+    pca = _table(demo_outputs, "*_desc-ketaminepca_stats.tsv", connectivity["sources"]).sort_values("component")
     values = connectivity["values"]
     assert values["n_significant_components"] == int(pca["significant"].sum())
     assert values["pc1_explained_variance_ratio"] == pca["explained_variance_ratio"].iloc[0]
     assert values["pc2_explained_variance_ratio"] == pca["explained_variance_ratio"].iloc[1]
-    dims = _tsv(next(demo_outputs / s for s in connectivity["sources"] if "dimensionality" in s))
+    dims = _table(demo_outputs, "desc-dimensionality_stats.tsv", connectivity["sources"])
     assert values["participation_ratio"] == dims.set_index("drug").loc[values["drug"], "pr_all_subjects"]
-    genes = _tsv(next(demo_outputs / s for s in connectivity["sources"] if "genes" in s))
+    genes = _table(demo_outputs, "*_desc-ketaminepc1genes_stats.tsv", connectivity["sources"])
     top = genes.loc[genes["r"].abs().idxmax()]
     assert values["pc1_top_gene"] == {"gene": top["gene"], "r": top["r"], "p_spatial": top["p_spatial"],
                                       "q_spatial": top["q_spatial"]}
 
     spectroscopy = analyses["spectroscopy"]
-    lmm = _tsv(demo_outputs / spectroscopy["sources"][0])
+    lmm = _table(demo_outputs, "desc-fmrslmm_stats.tsv", spectroscopy["sources"])
     glx = lmm[(lmm.outcome == "Glx/tNAA") & (lmm.term == "pretreatment_x_time")].iloc[0]
     term = spectroscopy["values"]["glx_pretreatment_x_time"]
     for key in ("estimate", "se", "ci_low", "ci_high", "p", "n_obs", "n_subjects"):
         assert term[key] == glx[key], key
-    madrs = _tsv(demo_outputs / spectroscopy["sources"][1])
+    madrs = _table(demo_outputs, "desc-madrslmm_stats.tsv", spectroscopy["sources"])
     assert spectroscopy["values"]["madrs_pretreatment_x_time"]["p"] == \
         madrs[madrs.term == "pretreatment_x_time"].iloc[0]["p"]
 
