@@ -604,7 +604,9 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
         seconds=time.perf_counter() - t0,
         central_frequency=central_frequency,
         extras={"reduced_chi2_normalised": sigma2, "degrees_of_freedom": dof, "water_lines": int(poles.size),
-                "lipids": bool(lipids)},
+                "lipids": bool(lipids),
+                # the model decisions of this fit, so a joint fit of several spectra can make the same ones
+                "model_basis": basis, "water_poles": poles},
     )
 
 
