@@ -20,14 +20,16 @@ for the session, since they do not change over minutes, while a block-wise fit l
 Glx trade off against Glx in every block (on simulated sessions this halves the slope's SD; sharing line shape and
 baseline alone gives about 0.85-0.9 x block-wise).
 
-How it is solved: the single-spectrum fit of the session's weighted mean spectrum (:func:`.fit.fit_spectrum`)
-gives the start and every model decision (components fitted including added lipids, sign convention, residual-water
-lines), so the dynamic fit inherits the macromolecule/lipid model and water handling of the single fit. The
-baseline is eliminated by variable projection on the stacked blocks; then all time-model coefficients and
-nonlinear parameters are refined together by scipy's bounded trust-region least squares with an analytic Jacobian.
-Time-model coefficients are not constrained to be non-negative (so their estimates are unbiased and their intervals
-calibrated); a negative implied block concentration is flagged. Covariance: ``sigma^2 (J^T J)^-1`` over all free
-parameters, ``sigma`` from the joint residual.
+How it is solved: the single fit of the session's weighted mean spectrum (:func:`.fit.fit_spectrum`) gives the
+start and every model decision: components fitted with the macromolecule/lipid model and its ratio priors, the
+baseline stiffness it chose, each metabolite's own small shift, and whether residual water is removed (then every
+block gets its own HLSVD removal in the same band). So the dynamic fit inherits the real-spectra model of the single
+fit. The baseline is eliminated by variable projection on the stacked blocks; the ratio priors act on the blocks'
+mean concentrations; then all time-model coefficients and nonlinear parameters are refined together by scipy's
+bounded trust-region least squares with an analytic Jacobian, within the single fit's bounds. Time-model
+coefficients are not constrained to be non-negative (so their estimates are unbiased and their intervals
+calibrated); a reference whose implied block concentration is not positive fails QC. Covariance:
+``sigma^2 (J^T J)^-1`` over all free parameters (prior rows included), ``sigma`` from the joint residual.
 
 Why our own code: FSL-MRS (``fsl_dynmrs``) is non-commercial and carries first-level uncertainty to the group only
 through FSL's FLAMEO; spant is R. The model reuses the single fit's preprocessing of the problem (window, basis
@@ -37,7 +39,7 @@ normalisation, line-shape groups, penalised baseline), so a change there applies
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -97,6 +99,14 @@ class DynamicFitResult:
     n_evaluations: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    #: QC reasons of the single fit of the session's mean spectrum (the start)
+    start_qc_reasons: tuple[str, ...] = ()
+    #: why the dynamic fit cannot be trusted (:func:`dynamic_qc_reasons`); empty = it can
+    qc_reasons: tuple[str, ...] = ()
+
+    @property
+    def qc_pass(self) -> bool:
+        return not self.qc_reasons
 
     # ---------------------------------------------------------------------------------------------- lookups
     def _component_weights(self, name: str) -> np.ndarray:
@@ -188,20 +198,44 @@ class DynamicFitResult:
 
 
 # ---------------------------------------------------------------------------------------- the joint model
-def _single_problem(mean_fid: np.ndarray, dwell_time: float, central_frequency: float, start,
-                    params: FitParams):
-    """The single fit's problem set-up for the mean spectrum, with the start fit's model decisions.
+def _problem(blocks: np.ndarray, weights: np.ndarray, dwell_time: float, central_frequency: float, start,
+             params: FitParams):
+    """The single fit's problem set-up for the blocks' weighted mean, with the start fit's model decisions.
 
-    The one place that reaches into :mod:`.fit` internals: window, normalised basis FIDs, groups and baseline
-    projector come from its ``_prepare`` (the components, sign convention and residual-water poles from the start
-    fit's ``extras``), so both fits make the same modelling choices.
+    The one place that reaches into :mod:`.fit`: the prepared basis (components, macromolecule/lipid model, ratio
+    priors), baseline stiffness and each metabolite's own shift come from the start fit's ``extras``; window,
+    normalised basis FIDs, line-shape groups and baseline projector from :func:`.fit.build_problem`. Each
+    metabolite's own shift is fixed at the start fit's value (it is a property of the spectrum, not of the block).
     """
-    from bids_ketamine.spectroscopy import fit as single
+    from bids_ketamine.spectroscopy.fit import build_problem
 
-    basis = start.extras["model_basis"]
-    poles = start.extras.get("water_poles")
-    fid = np.conj(mean_fid) if start.conjugated else mean_fid
-    return single._prepare(fid, dwell_time, central_frequency, basis, params, conjugate=False, water_poles=poles)
+    prepared = start.extras["prepared"]
+    mean = (weights[:, None] ** 2 * blocks).sum(axis=0) / (weights**2).sum()
+    pb = build_problem(mean, dwell_time, central_frequency, prepared.basis, params,
+                       smoothness=float(start.extras["baseline_smoothness"]))
+    pb.tie_groups = prepared.macromolecules == "model"
+    own = np.asarray(start.extras.get("own_shifts_hz", np.zeros(pb.n_comp)), float)
+    pb.fids = pb.fids * np.exp(2j * np.pi * own[:, None] * pb.t[None, :])
+    return pb, prepared
+
+
+def _remove_water(fids: np.ndarray, mean_fid: np.ndarray, dwell_time: float, central_frequency: float, start,
+                  params: FitParams, ppm_reference: float) -> tuple[np.ndarray, list]:
+    """Residual water removed from every block (its own HLSVD, in the band the single fit chose for the mean),
+    when the single fit of the mean removed water."""
+    from bids_ketamine.spectroscopy.fit import water_band
+    from bids_ketamine.spectroscopy.water_removal import remove_residual_water
+
+    if not start.extras.get("water_removal"):
+        return fids, []
+    band = water_band(mean_fid, dwell_time, central_frequency, params, ppm_reference)
+    out, summaries = [], []
+    for fid in fids:
+        removal = remove_residual_water(fid, dwell_time, central_frequency, band_ppm=band,
+                                        ppm_reference=ppm_reference, n_components=params.water_components)
+        out.append(removal.fid)
+        summaries.append(removal.summary())
+    return np.stack(out), summaries
 
 
 def _stack_blocks(z: np.ndarray) -> np.ndarray:
@@ -211,7 +245,14 @@ def _stack_blocks(z: np.ndarray) -> np.ndarray:
 
 
 class _JointModel:
-    """Residual and analytic Jacobian of the stacked blocks for a parameter vector (one-entry cache)."""
+    """Residual and analytic Jacobian of the stacked blocks for a parameter vector (one-entry cache).
+
+    Parameter vector: time-model coefficients of all components (normalised units), then the design coefficients
+    of shift, Lorentzian and Gaussian^2 per line-shape group, then of phi0 and tau. As in the single fit, groups
+    after the first carry the metabolites' line shape plus their own offsets when ``pb.tie_groups``. The residual
+    is the baseline-projected weighted data misfit followed by the ratio-prior rows (on the blocks' mean
+    concentrations).
+    """
 
     def __init__(self, pb, y: np.ndarray, weights: np.ndarray, comp_designs: list[TimeDesign],
                  d_shift: TimeDesign, d_shape: TimeDesign, d_phase: TimeDesign, d_base: TimeDesign):
@@ -238,14 +279,19 @@ class _JointModel:
         self.sl_tau = slice(self.sl_phi.stop, self.sl_phi.stop + qp)
         self.n_par = self.sl_tau.stop
         self.qs, self.ql, self.qp = qs, ql, qp
+        self.tie = bool(pb.tie_groups) and g > 1
         # line shape the same in every block: one set of FFTs serves them all
         self.shared_shape = qs == 1 and ql == 1 and np.allclose(self.ds, 1) and np.allclose(self.dl, 1)
         self.membership = (np.arange(g)[:, None] == pb.group_of[None, :]).astype(float)
         self.q = self._baseline_basis(d_base.matrix)
+        self.n_rows_data = self.n_blocks * 2 * self.n
+        self.prior_rows = np.zeros((0, self.n_beta))
         self._key = None
 
     def _baseline_basis(self, d_base: np.ndarray) -> np.ndarray | None:
-        """Orthonormal basis of the stacked baseline system: block b's rows of set j are ``D[b, j] w_b Q_data``."""
+        """Orthonormal basis of the stacked baseline system: block b's data rows of baseline set j are
+        ``D[b, j] w_b Q_data``; set j's penalty rows are scaled by ``sqrt(sum_b (D[b, j] w_b)^2)``, so a baseline
+        shared by the blocks is as stiff relative to their data as the single fit's is relative to one spectrum."""
         q1 = self.pb.q
         if q1 is None:
             return None
@@ -257,11 +303,22 @@ class _JointModel:
         for i in range(b):
             for j in range(r):
                 rows_data[i * n2:(i + 1) * n2, j * rank:(j + 1) * rank] = d_base[i, j] * self.w[i] * qd
-        rows_pen = np.kron(np.eye(r), qpen) if qpen.shape[0] else np.zeros((0, r * rank))
+        strength = np.sqrt(((d_base * self.w[:, None]) ** 2).sum(axis=0))
+        rows_pen = (np.kron(np.diag(strength), qpen) if qpen.shape[0] else np.zeros((0, r * rank)))
         system = np.vstack([rows_data, rows_pen])
         qq, rr = np.linalg.qr(system)
         keep = np.abs(np.diag(rr)) > 1e-10 * max(np.abs(np.diag(rr)).max(), 1e-300)
         return qq[:, keep]
+
+    def set_priors(self, rows_per_component: np.ndarray) -> None:
+        """Ratio-prior rows (on normalised concentrations, one column per component) applied to the blocks' mean
+        concentrations (weighted by transients)."""
+        if rows_per_component.shape[0] == 0:
+            self.prior_rows = np.zeros((0, self.n_beta))
+            return
+        w2 = self.w**2 / (self.w**2).sum()
+        mean_map = np.einsum("b,bkj->kj", w2, self.xc)  # (K, n_beta)
+        self.prior_rows = rows_per_component @ mean_map
 
     def project(self, stacked: np.ndarray) -> np.ndarray:
         if self.q is None:
@@ -271,16 +328,21 @@ class _JointModel:
         return np.concatenate([stacked, pad], axis=0) - self.q @ (self.q[:m].T @ stacked)
 
     def unpack(self, x: np.ndarray):
+        """Per block: coefficients, and the effective shift, Lorentzian and Gaussian^2 per group, phi0, tau."""
         g = self.g
         beta = x[self.sl_beta]
         shift = self.ds @ x[self.sl_shift].reshape(self.qs, g)
         lor = self.dl @ x[self.sl_lor].reshape(self.ql, g)
         gau = self.dl @ x[self.sl_gau].reshape(self.ql, g)
+        if self.tie:
+            shift[:, 1:] += shift[:, :1]
+            lor[:, 1:] += lor[:, :1]
+            gau[:, 1:] += gau[:, :1]
         phi0 = self.dp @ x[self.sl_phi]
         tau = self.dp @ x[self.sl_tau]
         return beta, shift, lor, gau, phi0, tau
 
-    def _evaluate(self, x: np.ndarray):
+    def evaluate(self, x: np.ndarray):
         key = x.tobytes()
         if key == self._key:
             return self._cache
@@ -300,13 +362,19 @@ class _JointModel:
         self._key, self._cache = key, (c, comp_fid, spec, phase, model)
         return self._cache
 
-    def residual(self, x: np.ndarray) -> np.ndarray:
-        model = self._evaluate(x)[4]
+    def data_residual(self, x: np.ndarray) -> np.ndarray:
+        model = self.evaluate(x)[4]
         return self.project(_stack_blocks(self.w[:, None] * (self.y - model)))
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        r = self.data_residual(x)
+        if self.prior_rows.shape[0]:
+            r = np.concatenate([r, self.prior_rows @ x[self.sl_beta]])
+        return r
 
     def jacobian(self, x: np.ndarray) -> np.ndarray:
         pb = self.pb
-        c, comp_fid, spec, phase, model = self._evaluate(x)
+        c, comp_fid, spec, phase, model = self.evaluate(x)
         b, n, g = self.n_blocks, self.n, self.g
         t = pb.t
         t1 = np.fft.fft(t * comp_fid, axis=-1)[..., pb.raw_idx]
@@ -321,6 +389,9 @@ class _JointModel:
         de = np.einsum("bgk,bkn->bgn", cg, t2) * phase[:, None, :]
         for sl, dmat, deriv in ((self.sl_shift, self.ds, 2j * np.pi * ds), (self.sl_lor, self.dl, -np.pi * ds),
                                 (self.sl_gau, self.dl, -GAUSS_K * de)):
+            if self.tie:  # group 0's parameter moves every group (the others are offsets from it)
+                deriv = deriv.copy()
+                deriv[:, 0] = deriv.sum(axis=1)
             # column (q, g): block b's derivative with respect to its own value, times D[b, q]
             block = deriv.transpose(0, 2, 1)[:, :, None, :] * dmat[:, None, :, None]  # (B, n, q, G)
             cols[:, :, sl] = block.reshape(b, n, -1)
@@ -329,13 +400,18 @@ class _JointModel:
         cols[:, :, self.sl_phi] = dphi[:, :, None] * self.dp[:, None, :]
         cols[:, :, self.sl_tau] = dtau[:, :, None] * self.dp[:, None, :]
         cols *= -self.w[:, None, None]
-        return self.project(_stack_blocks(cols))
+        jac = self.project(_stack_blocks(cols))
+        if self.prior_rows.shape[0]:
+            rows = np.zeros((self.prior_rows.shape[0], self.n_par))
+            rows[:, self.sl_beta] = self.prior_rows
+            jac = np.vstack([jac, rows])
+        return jac
 
     def baseline(self, x: np.ndarray) -> np.ndarray:
         """Fitted baseline of each block (B, n), in the normalised data units."""
         if self.q is None:
             return np.zeros_like(self.y)
-        model = self._evaluate(x)[4]
+        model = self.evaluate(x)[4]
         st = _stack_blocks(self.w[:, None] * (self.y - model))
         base = (self.q[: st.size] @ (self.q[: st.size].T @ st)).reshape(self.n_blocks, 2 * self.n)
         return (base[:, : self.n] + 1j * base[:, self.n:]) / self.w[:, None]
@@ -347,20 +423,27 @@ def _value_rows(design: TimeDesign) -> np.ndarray:
     return np.arange(design.n_columns) if design.kind == "per_block" else np.array([0])
 
 
-def _bounds(model: _JointModel, params: FitParams, phi_start: float, max_tau: float):
+def _bounds(model: _JointModel, params: FitParams, phi_start: float):
+    """The single fit's bounds (:func:`.fit.shift_bounds_hz`, :func:`.fit.gaussian_bound_hz`,
+    :func:`.fit.max_delay`) on every block value of a nuisance parameter; slopes of linear designs are free."""
+    from bids_ketamine.spectroscopy.fit import gaussian_bound_hz, max_delay, shift_bounds_hz
+
+    pb = model.pb
     lo = np.full(model.n_par, -np.inf)
     hi = np.full(model.n_par, np.inf)
     g = model.g
-    for sl, d, low, high in ((model.sl_shift, model.d_shift, -params.max_shift_hz, params.max_shift_hz),
-                             (model.sl_lor, model.d_shape, 0.0, params.max_lorentzian_hz),
-                             (model.sl_gau, model.d_shape, 0.0, params.max_gaussian_hz ** 2)):
-        idx = np.arange(sl.start, sl.stop).reshape(d.n_columns, g)[_value_rows(d)].ravel()
-        lo[idx], hi[idx] = low, high
+    shift_lo, shift_hi = zip(*(shift_bounds_hz(pb, params, j) for j in range(g)))
+    gau_hi = [gaussian_bound_hz(pb, params, j) ** 2 for j in range(g)]
+    for sl, d, low, high in ((model.sl_shift, model.d_shift, shift_lo, shift_hi),
+                             (model.sl_lor, model.d_shape, [0.0] * g, [params.max_lorentzian_hz] * g),
+                             (model.sl_gau, model.d_shape, [0.0] * g, gau_hi)):
+        idx = np.arange(sl.start, sl.stop).reshape(d.n_columns, g)[_value_rows(d)]
+        lo[idx], hi[idx] = np.asarray(low)[None, :], np.asarray(high)[None, :]
     rows = _value_rows(model.d_phase)
     phi = np.arange(model.sl_phi.start, model.sl_phi.stop)[rows]
     lo[phi], hi[phi] = phi_start - 2 * np.pi, phi_start + 2 * np.pi
     tau = np.arange(model.sl_tau.start, model.sl_tau.stop)[rows]
-    lo[tau], hi[tau] = -max_tau, max_tau
+    lo[tau], hi[tau] = -max_delay(pb), max_delay(pb)
     return lo, hi
 
 
@@ -380,15 +463,38 @@ def component_designs(names: tuple[str, ...], design: TimeDesign, dyn: DynamicFi
     return out
 
 
+def _start_vector(model: _JointModel, start, d_shift, d_shape, d_phase, central_frequency: float) -> np.ndarray:
+    """The mean spectrum's nonlinear parameters in every block (tied groups as offsets from group 0)."""
+    x0 = np.zeros(model.n_par)
+
+    def put(sl, design: TimeDesign, values) -> None:
+        block = np.zeros((design.n_columns, np.size(values)))
+        block[_value_rows(design)] = values
+        x0[sl] = block.ravel()
+
+    shift, lor, gau = (np.asarray(start.shifts_hz, float), np.asarray(start.lorentzian_hz, float),
+                       np.asarray(start.gaussian_hz, float) ** 2)
+    if model.tie:
+        shift, lor, gau = (np.concatenate([v[:1], v[1:] - v[0]]) for v in (shift, lor, gau))
+    put(model.sl_shift, d_shift, shift)
+    put(model.sl_lor, d_shape, lor)
+    put(model.sl_gau, d_shape, gau)
+    put(model.sl_phi, d_phase, np.deg2rad(start.phase0_deg))
+    put(model.sl_tau, d_phase, start.phase1_deg_per_ppm / (360 * central_frequency))
+    return x0
+
+
 def fit_dynamic(block_fids: np.ndarray, dwell_time: float, central_frequency: float, basis, *,
                 block_labels: np.ndarray, block_minutes: np.ndarray, n_transients: np.ndarray,
                 design: TimeDesign | None = None, params: FitParams | None = None,
-                dynamic: DynamicFitParams | None = None, conjugate: bool | None = None) -> DynamicFitResult:
+                dynamic: DynamicFitParams | None = None, conjugate: bool = False,
+                echo_time: float | None = None) -> DynamicFitResult:
     """Fit the block-averaged FIDs ``(blocks, points)`` of one session jointly; see the module docstring.
 
-    ``block_minutes`` are the blocks' mean acquisition times from the infusion onset, ``n_transients`` the kept
-    transients per block (weights). ``design`` is the concentration design (default: from ``dynamic``:
-    the hinge time model, evaluated at the block times, or free per block).
+    The FIDs are in the NIfTI-MRS sign convention (``conjugate=True`` conjugates LCModel-convention data, as for
+    :func:`.fit.fit_spectrum`). ``block_minutes`` are the blocks' mean acquisition times from the infusion onset,
+    ``n_transients`` the kept transients per block (weights). ``design`` is the concentration design (default:
+    from ``dynamic``: the hinge time model at the block times, or free per block).
     """
     from bids_ketamine.spectroscopy.fit import fit_spectrum
 
@@ -415,13 +521,16 @@ def fit_dynamic(block_fids: np.ndarray, dwell_time: float, central_frequency: fl
         raise BadDataError(f"the concentration design ({design.kind}: {', '.join(design.columns)}) is not of full "
                            f"rank over blocks at {np.round(minutes, 1).tolist()} min",
                            fix="use blocks on both sides of the infusion onset, or another design")
+    if conjugate:
+        fids = np.conj(fids)
     weights = np.sqrt(counts / counts.mean())
     mean_fid = (counts[:, None] * fids).sum(axis=0) / counts.sum()
-    start = fit_spectrum(mean_fid, dwell_time, central_frequency, basis, params, conjugate=conjugate)
-    pb = _single_problem(mean_fid, dwell_time, central_frequency, start, params)
-    blocks = np.conj(fids) if start.conjugated else fids
+    start = fit_spectrum(mean_fid, dwell_time, central_frequency, basis, params, echo_time=echo_time)
+    ppm_reference = start.extras["prepared"].basis.ppm_reference
+    blocks, removals = _remove_water(fids, mean_fid, dwell_time, central_frequency, start, params, ppm_reference)
+    pb, prepared = _problem(blocks, weights, dwell_time, central_frequency, start, params)
     y = np.fft.fft(blocks, axis=1)[:, pb.raw_idx] / pb.scale
-    names = start.extras["model_basis"].names
+    names = prepared.basis.names
     designs = component_designs(names, design, dyn)
     d_shift = nuisance_design(dyn.shift, minutes, labels)
     d_shape = nuisance_design(dyn.lineshape, minutes, labels)
@@ -430,25 +539,18 @@ def fit_dynamic(block_fids: np.ndarray, dwell_time: float, central_frequency: fl
     model = _JointModel(pb, y, weights, designs, d_shift, d_shape, d_phase, d_base)
 
     # start: the mean spectrum's nonlinear parameters in every block, coefficients by linear least squares
-    x0 = np.zeros(model.n_par)
-
-    def put(sl, design: TimeDesign, values) -> None:
-        block = np.zeros((design.n_columns, np.size(values)))
-        block[_value_rows(design)] = values
-        x0[sl] = block.ravel()
-
-    put(model.sl_shift, d_shift, start.shifts_hz)
-    put(model.sl_lor, d_shape, start.lorentzian_hz)
-    put(model.sl_gau, d_shape, start.gaussian_hz**2)
-    phi_start = np.deg2rad(start.phase0_deg)
-    tau_start = start.phase1_deg_per_ppm / (360 * central_frequency)
-    put(model.sl_phi, d_phase, phi_start)
-    put(model.sl_tau, d_phase, tau_start)
+    x0 = _start_vector(model, start, d_shift, d_shape, d_phase, central_frequency)
     jb = model.jacobian(x0)[:, model.sl_beta]
-    r0 = model.residual(np.where(np.arange(model.n_par) < model.n_beta, 0.0, x0))
-    x0[model.sl_beta] = np.linalg.lstsq(jb, -r0, rcond=None)[0]  # linear in beta: r(beta) = r(0) + J_beta beta
-    max_tau = 1.0 / (4 * max(np.ptp(pb.f_hz), 1.0)) * 4
-    lo, hi = _bounds(model, params, phi_start, max_tau)
+    r0 = model.residual(x0)  # beta = 0 in x0: r(beta) = r(0) + J_beta beta (linear in beta)
+    x0[model.sl_beta] = np.linalg.lstsq(jb, -r0, rcond=None)[0]
+    # ratio priors (the macromolecule/lipid model's), weighted by the joint fit's noise at the start
+    n_free_lin = model.n_par
+    sigma0 = float(np.sqrt(np.sum(model.data_residual(x0) ** 2) / max(model.n_rows_data - n_free_lin, 1)))
+    if prepared.priors:
+        pb.set_priors(prepared.priors, np.asarray(start.concentrations) / pb.units, sigma0)
+        model.set_priors(pb.prior_rows)
+    phi_start = float(np.deg2rad(start.phase0_deg))
+    lo, hi = _bounds(model, params, phi_start)
     if not params.first_order_phase:
         lo[model.sl_tau], hi[model.sl_tau] = -1e-15, 1e-15
         x0[model.sl_tau] = 0.0
@@ -458,42 +560,66 @@ def fit_dynamic(block_fids: np.ndarray, dwell_time: float, central_frequency: fl
                         ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=dyn.max_nfev)
     x = out.x
 
-    r = model.residual(x)
+    r = model.data_residual(x)
     jac = model.jacobian(x)
     free = np.ones(model.n_par, bool)
     if not params.first_order_phase:
         free[model.sl_tau] = False
     jf = jac[:, free]
-    n_data = model.n_blocks * 2 * model.n
-    dof = max(n_data - int(free.sum()) - (0 if model.q is None else model.q.shape[1]), 1)
+    baseline_dim = 0.0 if model.q is None else float(np.sum(model.q[: model.n_rows_data] ** 2))
+    dof = max(int(round(model.n_rows_data - int(free.sum()) - baseline_dim)), 1)
     sigma2 = float(r @ r) / dof
     cov_all = np.zeros((model.n_par, model.n_par))
     cov_all[np.ix_(free, free)] = np.linalg.pinv(jf.T @ jf) * sigma2
 
     comp_of_coef = np.repeat(np.arange(model.k), [d.n_columns for d in designs])
-    units = (pb.scale / pb.norms)[comp_of_coef]
+    units = pb.units[comp_of_coef]
     coef = x[model.sl_beta] * units
     cov = cov_all[model.sl_beta, model.sl_beta] * np.outer(units, units)
 
     beta, shift, lor, gau, phi0, tau = model.unpack(x)
-    c, comp_fid, spec, phase, mspec = model._evaluate(x)
+    c, comp_fid, spec, phase, mspec = model.evaluate(x)
     base = model.baseline(x)
     derot = np.conj(phase)
     noise_sd = np.sqrt(sigma2) * pb.scale / weights
-    snr = _block_snr(names, c, spec, params, pb, central_frequency, start) * pb.scale / noise_sd
-    ppm_win = start.ppm
-    return DynamicFitResult(
-        names=names, sums=start.sums, design=design, component_designs=tuple(designs), coefficients=coef,
-        covariance=cov, offsets=model.offsets, block_labels=labels, block_minutes=minutes, weights=weights,
-        shifts_hz=shift, lorentzian_hz=lor, gaussian_hz=np.sqrt(np.clip(gau, 0, None)),
+    snr = _block_snr(names, c, spec, params, pb) * pb.scale / noise_sd
+    ppm_win = prepared.basis.ppm_reference + pb.f_hz / central_frequency
+    result = DynamicFitResult(
+        names=names, sums=prepared.basis.sums(), design=design, component_designs=tuple(designs),
+        coefficients=coef, covariance=cov, offsets=model.offsets, block_labels=labels, block_minutes=minutes,
+        weights=weights, shifts_hz=shift, lorentzian_hz=lor, gaussian_hz=np.sqrt(np.clip(gau, 0, None)),
         phase0_deg=np.degrees(phi0) % 360, phase1_deg_per_ppm=360 * tau * central_frequency,
-        group_names=start.group_names, ppm=ppm_win,
+        group_names=tuple(pb.group_names), ppm=ppm_win,
         data=y * derot * pb.scale, fit=(mspec + base) * derot * pb.scale, baseline=base * derot * pb.scale,
-        noise_sd=noise_sd, snr=snr, fwhm_hz=start.fwhm_hz, degrees_of_freedom=dof, conjugated=start.conjugated,
-        success=bool(out.success), message=str(out.message), n_evaluations=int(out.nfev) + start.n_evaluations,
-        seconds=time.perf_counter() - t0,
-        settings={"design": design.kind, "design_columns": list(design.columns), **dyn.model_dump(mode="json")},
+        noise_sd=noise_sd, snr=snr, fwhm_hz=start.fwhm_hz, degrees_of_freedom=dof, conjugated=bool(conjugate),
+        success=bool(out.success) and out.status > 0, message=str(out.message),
+        n_evaluations=int(out.nfev) + start.n_evaluations, seconds=0.0,
+        settings={"design": design.kind, "design_columns": list(design.columns), **dyn.model_dump(mode="json"),
+                  "macromolecules": prepared.macromolecules, "priors": [p.label for p, _, _ in prepared.priors],
+                  "baseline_smoothness": start.extras.get("baseline_smoothness"),
+                  "water_removal": removals},
+        start_qc_reasons=tuple(start.qc_reasons),
     )
+    return replace(result, qc_reasons=dynamic_qc_reasons(result), seconds=time.perf_counter() - t0)
+
+
+def dynamic_qc_reasons(result: DynamicFitResult, references: tuple[str, ...] = ("tNAA", "tCr", "Glx")
+                       ) -> tuple[str, ...]:
+    """Why a dynamic fit cannot be trusted (empty = it can): the joint optimiser did not converge, the single
+    fit of the session's mean spectrum failed QC, or a reference's implied block concentration is not positive."""
+    reasons = []
+    if not result.success:
+        reasons.append(f"joint fit did not converge ({result.message.strip() or 'no message'})")
+    reasons += [f"mean spectrum: {r}" for r in result.start_qc_reasons]
+    for name in references:
+        try:
+            values, _ = result.block_concentrations(name)
+        except KeyError:
+            continue
+        bad = [int(b) for b, v in zip(result.block_labels, values) if not v > 0]
+        if bad:
+            reasons.append(f"{name} implied concentration not positive in blocks {bad}")
+    return tuple(reasons)
 
 
 def _hinge_at_block_times(minutes: np.ndarray, labels: np.ndarray) -> TimeDesign:
@@ -501,13 +627,13 @@ def _hinge_at_block_times(minutes: np.ndarray, labels: np.ndarray) -> TimeDesign
     return hinge_design(minutes, np.arange(minutes.size), np.arange(minutes.size))
 
 
-def _block_snr(names, c, spec, params: FitParams, pb, central_frequency: float, start) -> np.ndarray:
+def _block_snr(names, c, spec, params: FitParams, pb) -> np.ndarray:
     """Height of the fitted NAA singlet in each block (normalised units; the single fit's SNR definition)."""
     canon = [canonical_name(n) for n in names]
     if "NAA" not in canon:
         return np.full(c.shape[0], np.nan)
     i = canon.index("NAA")
-    ppm_win = start.ppm
+    ppm_win = pb.baseline_x
     lo, hi = params.snr_peak_ppm
     sel = (ppm_win >= lo) & (ppm_win <= hi)
     heights = (c[:, i][:, None] * spec[:, i, :]).real[:, sel]
