@@ -53,16 +53,17 @@ class SessionEstimates:
     blockwise_seconds: float
 
 
-def simulate_session(sim, rng: np.random.Generator, slope: float, *, block_seconds: float | None = None
-                     ) -> SimulatedSession:
+def simulate_session(sim, rng: np.random.Generator, slope: float, *, block_seconds: float | None = None,
+                     subject=None) -> SimulatedSession:
     """One session from ``sim`` (an :class:`~bids_ketamine.synthetic.mrs.FmrsSimulator`), preprocessed and averaged
-    into blocks timed from the infusion onset, as the participant level does."""
+    into blocks timed from the infusion onset, as the participant level does. ``subject`` (from ``sim.subject``)
+    gives two sessions of one subject the same baseline and line shape; None draws a new subject."""
     from bids_ketamine.spectroscopy import preprocess as pp
     from bids_ketamine.synthetic import mrs
 
     block_seconds = block_seconds or mrs.BLOCK_SECONDS
     water_amp = sim.water_amplitude({"gm": 0.6, "wm": 0.3, "csf": 0.1})
-    subject = sim.subject(rng)
+    subject = sim.subject(rng) if subject is None else subject
     data, ref, r0 = sim.session(rng, subject, slope, water_amp)
     pre = pp.preprocess_svs(data, dwell_time=mrs.DWELL, spectrometer_frequency=mrs.SPECTROMETER_MHZ, water=ref)
     blocks = pp.fmrs_blocks(data.shape[1], sim.repetition_time, sim.onset_seconds, block_seconds)
@@ -80,8 +81,10 @@ def blockwise_time_model(ratios: np.ndarray, ratio_se: np.ndarray, design, n_tra
     return lmat @ ratios, np.sqrt(np.diag(lmat @ np.diag(np.asarray(ratio_se) ** 2) @ lmat.T))
 
 
-def estimate_session(session: SimulatedSession, basis, *, fit_params=None, dynamic=None) -> SessionEstimates:
-    """Fit one simulated session dynamically and block by block; Glx/tNAA (level, slope) both ways."""
+def estimate_session(session: SimulatedSession, basis, *, fit_params=None, dynamic=None, blockwise: bool = True
+                     ) -> SessionEstimates:
+    """Fit one simulated session dynamically and (unless ``blockwise`` is False: NaN) block by block; Glx/tNAA
+    (level, slope) both ways."""
     from bids_ketamine.spectroscopy.dynamic_fit import fit_dynamic
     from bids_ketamine.spectroscopy.fit import fit_spectrum
 
@@ -95,13 +98,16 @@ def estimate_session(session: SimulatedSession, basis, *, fit_params=None, dynam
     est, cov = res.ratio_time_model("Glx", "tNAA", design)
     t1 = time.perf_counter()
     ratios, ses = [], []
-    for fid in session.block_fids:
+    for fid in session.block_fids if blockwise else []:
         fit = fit_spectrum(fid, session.dwell_time, session.central_frequency, basis, fit_params)
         glx, tnaa = fit.concentration("Glx"), fit.concentration("tNAA")
         w = fit._weights("Glx") / tnaa - fit._weights("tNAA") * glx / tnaa**2  # d(ratio)/d(concentrations)
         ratios.append(glx / tnaa)
         ses.append(float(np.sqrt(max(w @ fit.covariance @ w, 0.0))))
     t2 = time.perf_counter()
-    bw, bw_se = blockwise_time_model(np.array(ratios), np.array(ses), design, session.n_transients)
+    if blockwise:
+        bw, bw_se = blockwise_time_model(np.array(ratios), np.array(ses), design, session.n_transients)
+    else:
+        bw = bw_se = np.full(design.n_columns, np.nan)
     order = [design.columns.index(LEVEL), design.columns.index(SLOPE)]
     return SessionEstimates(est[order], np.sqrt(np.diag(cov))[order], bw[order], bw_se[order], t1 - t0, t2 - t1)
