@@ -488,6 +488,11 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             "with sex and crossover period terms and the sex x pretreatment x time interaction, time points nested "
             "in sessions within subjects, as in Jelen et al. [jelen2025].",
             ("The fitted models, as recorded with the results: " + " ".join(models)) if models else None,
+            ("Besides these block-wise fits, the blocks of every session were fitted jointly (dynamic fit: line "
+             "shape, phases, shift and baseline shared across blocks, concentrations constant before the infusion "
+             "onset and linear after it), and each session's slope and level with their standard errors from the "
+             "joint covariance entered an inverse-variance weighted summary-statistics mixed model."
+             if any(m.startswith("Dynamic fit") for m in models) else None),
             "MADRS change was modelled by condition x time.",
         ]))
     return paras
