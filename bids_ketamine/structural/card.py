@@ -40,7 +40,7 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
     table = results.training_table
     frame = results.training_frame
     y = table["outcome"].to_numpy(dtype=int)
-    oof = results.predictions.query("cohort == 'discovery'")["score"].to_numpy()
+    oof = results.calibration_scores
     reference = training_reference(results.final_model, frame, table, oof_scores=oof, labels=y, atlas=atlas,
                                    feature_source=feature_source, min_unseen_site_size=params.min_unseen_site_size)
     cal = results.calibration
@@ -71,7 +71,8 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
         "validation": {"scheme": params.cv, "outer_folds": results.folds[0], "inner_folds": results.folds[1],
                        "repeats": params.repeats, "n_permutations": params.n_permutations},
         "metrics": _metric_rows(results.metrics),
-        "calibration": {"method": "Platt sigmoid fitted on the discovery cohort's out-of-fold nested-CV scores; "
+        "calibration": {"method": "Platt sigmoid fitted on the discovery cohort's out-of-fold scores of the final "
+                                  "model's recipe (C fixed, outer folds of the nested CV, mean over repeats); "
                                   "Brier score and ECE on cross-fitted probabilities",
                         "slope": cal.map.slope, "intercept": cal.map.intercept, "brier": cal.brier, "ece": cal.ece,
                         "n_bins": cal.n_bins, "n_bootstrap": int(cal.boot_slopes.size),

@@ -29,15 +29,17 @@ from bids_ketamine.structural.interpret import pipeline_pattern, region_map
 from bids_ketamine.structural.metrics import balanced_accuracy, metrics_table_rows, permutation_p, roc_auc
 from bids_ketamine.structural.model import ModelSpec, PreprocessorFactory, make_pipeline, model_frame
 from bids_ketamine.structural.params import StructuralParams
-from bids_ketamine.structural.validation import check_cohort, choose_c_by_cv, feasible_folds, make_splits, nested_cv
+from bids_ketamine.structural.validation import check_cohort, choose_c_by_cv, feasible_folds, fixed_c_oof_scores, \
+    make_splits, nested_cv
 from bids_ketamine.structural.wording import OutcomeWording, outcome_wording
 
 DATATYPE = "structural"
 
 PROBABILITY_COLUMNS = {
     "probability": {"Description": "Calibrated probability of the positive class: Platt map fitted on the "
-                                   "discovery cohort's out-of-fold scores (discovery subjects: cross-fitted, from a "
-                                   "map fitted on the other calibration folds).", "Units": "1"},
+                                   "discovery cohort's out-of-fold scores of the final model's recipe (its C); "
+                                   "discovery subjects: their own out-of-fold score through a map fitted on the "
+                                   "other calibration folds (cross-fitted).", "Units": "1"},
     "probability_low": {"Description": "Lower bound of the probability's bootstrap interval (calibration map "
                                        "refitted on resampled out-of-fold scores).", "Units": "1"},
     "probability_high": {"Description": "Upper bound of the probability's bootstrap interval.", "Units": "1"},
@@ -124,6 +126,7 @@ class StructuralResults:
     calibration: Calibration | None = None
     training_frame: pd.DataFrame | None = None
     training_table: pd.DataFrame | None = None
+    calibration_scores: np.ndarray | None = None
     folds: tuple[int, int] = (0, 0)
 
 
@@ -226,12 +229,13 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
             ids = table.index[(cohorts == name) & has_outcome]
             if len(ids):
                 scored[name] = (ids, final.decision_function(frame.loc[ids]))
+        calibration_scores = fixed_c_oof_scores(disc_frame, y, PreprocessorFactory(spec), c=final_c,
+                                                splits=splits, tol=params.solver_tol)
     notes += sorted({str(w.message) for w in caught if issubclass(w.category, UnseenSiteWarning)})
-
     pooled = cv.pooled
-    calibration = calibrate_out_of_fold(pooled[:, 0], y, seed=seed, n_boot=params.calibration_bootstrap,
+    calibration = calibrate_out_of_fold(calibration_scores, y, seed=seed, n_boot=params.calibration_bootstrap,
                                         n_folds=outer_folds)
-    disc_lo, disc_hi = calibration.interval(pooled[:, 0], params.ci_level)
+    disc_lo, disc_hi = calibration.interval(calibration_scores, params.ci_level)
     rows = [{"participant_id": disc, "cohort": "discovery", "site": sites, "outcome": y, "score": pooled[:, 0],
              "score_sd": cv.scores[:, :, 0].std(axis=0, ddof=1) if cv.scores.shape[0] > 1 else np.nan,
              "probability": calibration.cross_fitted, "probability_low": disc_lo, "probability_high": disc_hi,
@@ -267,7 +271,8 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
     return StructuralResults(predictions=predictions, metrics=pd.DataFrame(metric_rows), weights=weights,
                              null_bac=null_bac, final_c=final_c, chosen_c=cv.chosen_c[:, :, 0], notes=notes,
                              curves=curves, final_model=final, calibration=calibration, training_frame=disc_frame,
-                             training_table=table.loc[disc], folds=(outer_folds, inner_folds))
+                             training_table=table.loc[disc], folds=(outer_folds, inner_folds),
+                             calibration_scores=calibration_scores)
 
 
 def _atlas_for(params: StructuralParams, atlas_name: str, regions: list[str]):
