@@ -133,6 +133,10 @@ def read_nifti_mrs(path: str | Path, *, sidecar: bool = True) -> MrsData:
     if not np.iscomplexobj(raw):
         raise BadDataError(f"data type {raw.dtype} is not complex; not a NIfTI-MRS FID", path=path,
                            fix="convert the raw data with spec2nii to NIfTI-MRS")
+    if np.any(raw.real) and not np.any(raw.imag):  # (an all-zero FID is refused below, as such)
+        raise BadDataError("every imaginary part is zero: the FID was stored as real values in a complex type",
+                           path=path, fix="re-convert the complex raw data with spec2nii (a magnitude or real-only "
+                                          "spectrum cannot be fitted)")
     if raw.ndim < 4:
         raise BadDataError(f"{raw.ndim}-D image: NIfTI-MRS needs x, y, z and time", path=path,
                            fix="convert the raw data with spec2nii to NIfTI-MRS")
@@ -223,6 +227,15 @@ def check_reference_matches(metabolite: MrsData, reference: MrsData) -> None:
                            path=reference.path, fix="use a water reference with the same number of points")
 
 
+def nifti_mrs_intent() -> str:
+    """The intent name of the current NIfTI-MRS standard (``mrs_v<major>_<minor>``), as the ``nifti-mrs`` package
+    (the standard's reference implementation) defines it."""
+    from nifti_mrs.definitions import nifti_mrs_version
+
+    major, minor = nifti_mrs_version
+    return f"mrs_v{major}_{minor}"
+
+
 def make_nifti_mrs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency: float,
                    dim_tags: tuple[str, ...] = (), metadata: dict[str, Any] | None = None):
     """A nibabel NIfTI-MRS image from ``fid`` shaped (n_points, *higher dims) with their tags."""
@@ -234,7 +247,7 @@ def make_nifti_mrs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
     data = fid.reshape((1, 1, 1) + fid.shape)
     img = nib.Nifti2Image(data, np.eye(4))
     img.header["pixdim"][4] = dwell_time
-    img.header.set_intent(0, (), "mrs_v0_2")
+    img.header.set_intent(0, (), nifti_mrs_intent())
     ext = {"SpectrometerFrequency": [float(spectrometer_frequency)], "ResonantNucleus": ["1H"]}
     for i, tag in enumerate(dim_tags):
         ext[f"dim_{i + 5}"] = tag
