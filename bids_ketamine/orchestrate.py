@@ -317,10 +317,25 @@ def _group_level(cfg) -> int:
     with resampling_backend(cfg.dask_scheduler):
         results, failures = _run_group_analyses(cfg, chosen, participants, sessions, writer)
     record_run(cfg, writer, {"group": results})
-    build_reports_safely(cfg.output_dir, [], group=True)
+    build_reports_safely(cfg.output_dir, subjects_written(cfg.output_dir, results), group=True)
     if not failures:
         return EXIT_OK
     return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED
+
+
+def subjects_written(output_dir: Path, results: dict[str, Any]) -> list[str]:
+    """Participants a group analysis wrote into (``sub-<label>/...``, e.g. a saved model's per-patient prediction):
+    their reports are rebuilt with the group report, so the new item appears without a participant re-run."""
+    subjects = set()
+    for result in results.values():
+        for path in result.get("outputs", []):
+            try:
+                first = Path(path).relative_to(output_dir).parts[0]
+            except (ValueError, IndexError):
+                continue
+            if first.startswith("sub-") and (Path(output_dir) / first).is_dir():
+                subjects.add(first[len("sub-"):])
+    return sorted(subjects)
 
 
 def build_reports_safely(output_dir: Path, subjects: list[str], *, group: bool) -> list[Path]:

@@ -107,6 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("configuration and behaviour")
     other.add_argument("--config-file", "--config_file", dest="config_file", type=Path, metavar="FILE",
                        help="study design and analysis parameters (TOML, YAML or JSON); see README")
+    other.add_argument("--model", dest="model", type=Path, metavar="FILE",
+                       help="group level: apply this saved structural model bundle (group/structural/"
+                            "*_model.skops, with its .json card beside it) to every participant instead of training")
     other.add_argument("--random-seed", "--random_seed", "--seed", dest="random_seed", type=int, metavar="SEED",
                        help="seed for every random step (default 20240601 or the config file's)")
     other.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
