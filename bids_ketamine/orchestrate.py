@@ -104,13 +104,42 @@ def plan_table(cfg, inputs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant", "analysis", "runs", "detail"])
 
 
+def _mark_not_retrieved(cfg, inputs: dict, plan: pd.DataFrame) -> dict[tuple[str, str], list[Path]]:
+    """Jobs whose annexed inputs have no content (DataLad datasets): marked missing in the plan, never started."""
+    from bids_ketamine.annex import CONTENT_NOT_RETRIEVED, datalad_get_command, not_retrieved
+
+    from bids_ketamine.io.derivatives import DerivativesWriter
+
+    done = DerivativesWriter(cfg.output_dir)  # dropped after an earlier run finished it: skipped as done, not missing
+    found = {key: paths for key, paths in not_retrieved(cfg, inputs, plan).items()
+             if cfg.rerun or not done.is_done(*key)}
+    for (subject, analysis), paths in found.items():
+        at = (plan["participant"] == subject) & (plan["analysis"] == analysis)
+        plan.loc[at, "runs"] = False
+        plan.loc[at, "detail"] = f"{CONTENT_NOT_RETRIEVED}: {datalad_get_command(paths)}"
+    return found
+
+
+def _print_retrieval(not_retrieved: dict[tuple[str, str], list[Path]], stream=None) -> None:
+    """The ``datalad get`` that retrieves exactly what this run needs and does not have (nothing when complete)."""
+    if not not_retrieved:
+        return
+    from bids_ketamine.annex import datalad_get_command
+
+    paths = list(dict.fromkeys(p for _, found in sorted(not_retrieved.items()) for p in found))
+    print(f"Content not retrieved (git-annex) for {len(not_retrieved)} participant analyses; retrieve exactly what "
+          f"this run needs with:\n  {datalad_get_command(paths)}", file=stream or sys.stdout)
+
+
 def print_plan(plan: pd.DataFrame, stream=None) -> None:
+    from bids_ketamine.annex import CONTENT_NOT_RETRIEVED
+
     stream = stream or sys.stdout
     print("Input inventory (what each analysis will use, or why it will not run):", file=stream)
     for subject, rows in plan.groupby("participant", sort=True):
         print(f"  sub-{subject}", file=stream)
         for row in rows.itertuples():
-            mark = "run " if row.runs else "skip"
+            mark = "run " if row.runs else "miss" if str(row.detail).startswith(CONTENT_NOT_RETRIEVED) else "skip"
             print(f"    [{mark}] {row.analysis:<13} {row.detail}", file=stream)
 
 
@@ -126,13 +155,17 @@ def run_participant_level(cfg) -> int:
     _validate(cfg)
     derivatives, subjects, participants, sessions, inputs = discover(cfg)
     plan = plan_table(cfg, inputs)
+    not_retrieved = _mark_not_retrieved(cfg, inputs, plan)
     if cfg.analyses is None:  # default: every analysis whose inputs exist for someone
-        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]), key=list(ANALYSES).index)
+        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]) | {a for _, a in not_retrieved},
+                        key=list(ANALYSES).index)
     else:
         chosen = cfg.analyses
+    not_retrieved = {k: v for k, v in not_retrieved.items() if k[1] in chosen}
     print_plan(plan[plan["analysis"].isin(chosen)] if chosen else plan)
+    _print_retrieval(not_retrieved)
     runnable = plan[plan["runs"] & plan["analysis"].isin(chosen)]
-    if runnable.empty:
+    if runnable.empty and not not_retrieved:
         not_built = plan[plan["detail"].str.contains("not built yet", regex=False)]
         if cfg.analyses and len(not_built) and set(not_built["analysis"]) >= set(cfg.analyses):
             raise NotBuiltError(not_built["detail"].iloc[0], fix="leave it out of --analyses")
@@ -155,10 +188,16 @@ def run_participant_level(cfg) -> int:
             continue
         writer.forget(row.participant, row.analysis)
         jobs.append((row.participant, row.analysis))
+    from bids_ketamine.annex import not_retrieved_error
     from bids_ketamine.workflows.participant import run_participant_jobs
 
-    statuses = run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
-                                    container=writer.container) if jobs else []
+    statuses = []
+    for (subject, analysis), paths in sorted(not_retrieved.items()):  # never started: content not retrieved
+        error = not_retrieved_error(subject, analysis, paths)
+        statuses.append({"subject": subject, "analysis": analysis, "ok": False, "exit_code": error.exit_code,
+                         "message": str(error)})
+    statuses += run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
+                                     container=writer.container) if jobs else []
     record_run(cfg, writer, {"jobs": statuses})
     build_reports_safely(cfg.output_dir, sorted(set(plan["participant"])), group=False)
     failed = [s for s in statuses if not s["ok"]]
@@ -173,7 +212,12 @@ def run_participant_level(cfg) -> int:
 
 
 def run_group_level(cfg) -> int:
-    _validate(cfg)
+    if cfg.participant_outputs:  # consortium: verified, compatible site exports are copied in first
+        from bids_ketamine.consortium.pool import pool_into_output
+
+        pool_into_output(cfg)
+    else:
+        _validate(cfg)
     from bids_ketamine.design import participants_table, sessions_table
     from bids_ketamine.discovery import find_derivatives
 
