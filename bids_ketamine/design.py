@@ -92,6 +92,15 @@ class FmrsTiming(_Strict):
     block_seconds: float = Field(240.0, gt=0, description="length of an fMRS block of transients")
 
 
+class SessionValues(_Strict):
+    """Labels sessions.tsv may hold (case-insensitive): any other value is refused (exit 65), so that a typo
+    (``ketamin``) never becomes a drug of its own nor an unknown pretreatment a placebo session."""
+
+    conditions: list[str] = Field(["placebo", "ketamine", "esketamine", "psilocybin", "lsd", "mdma", "saline"],
+                                  description="drug conditions; sessions.placebo_condition is always allowed")
+    pretreatments: list[str] = Field(["placebo", "naltrexone"], description="pretreatments")
+
+
 class StudyDesign(_Strict):
     participants: ParticipantColumns = ParticipantColumns()
     sex_values: dict[str, Literal["F", "M"]] = {"f": "F", "female": "F", "w": "F", "m": "M", "male": "M"}
@@ -100,6 +109,7 @@ class StudyDesign(_Strict):
     madrs: MadrsSource = MadrsSource()
     response: ResponseRule = ResponseRule()
     sessions: SessionColumns = SessionColumns()
+    session_values: SessionValues = SessionValues()
     fmrs: FmrsTiming = FmrsTiming()
 
 
@@ -114,12 +124,11 @@ def _strip(prefix: str, values: pd.Series) -> pd.Series:
 
 
 def read_tsv(path: Path) -> pd.DataFrame:
-    """A BIDS TSV with ``n/a`` as missing and every column as text (types are decided by the design)."""
-    try:
-        return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", "N/A", ""], keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"cannot parse as a tab-separated table ({exc})", path=path,
-                           fix="save it as UTF-8 TSV with a header row") from exc
+    """A BIDS TSV with ``n/a`` as missing and every column as text (types are decided by the design); an
+    unreadable, empty or malformed file is BadDataError naming it (``bids_ketamine.tables.read_table``)."""
+    from bids_ketamine.tables import read_table
+
+    return read_table(path, Path(path).name).frame
 
 
 def _require(table: pd.DataFrame, column: str | None, field: str, path: Path) -> None:
@@ -133,12 +142,21 @@ def _require(table: pd.DataFrame, column: str | None, field: str, path: Path) ->
         )
 
 
-def _numeric(values: pd.Series, field: str, path: Path) -> pd.Series:
+def _numeric(values: pd.Series, field: str, path: Path, lines=None, ids=None) -> pd.Series:
+    """``values`` as floats; a value that is not a number is BadDataError naming the file line (``lines``: file
+    line per position) or the participant (``ids``)."""
     out = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & out.isna()
     if bad.any():
-        raise BadDataError(f"design.{field} column has non-numeric value {values[bad].iloc[0]!r}", path=path,
-                           fix="use numbers, or n/a for missing values")
+        position = int(np.flatnonzero(bad.to_numpy())[0])
+        where = []
+        if lines is not None:
+            where.append(f"line {lines[position]}")
+        if ids is not None:
+            where.append(f"(sub-{ids[position]})")
+        prefix = " ".join(where) + ": " if where else ""
+        raise BadDataError(f"{prefix}design.{field} column has non-numeric value {values[bad].iloc[0]!r}",
+                           path=path, fix="use numbers, or n/a for missing values")
     return out.astype(float)
 
 
@@ -169,8 +187,10 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     if not path.exists():
         raise MissingInputError("participants.tsv not found", path=path,
                                 fix="add participants.tsv with a participant_id column (BIDS requires it)")
-    raw = read_tsv(path)
-    _require(raw, "participant_id", "participants (participant_id)", path)
+    from bids_ketamine.tables import as_error, check_participants_file, identifiers
+
+    table = check_participants_file(bids_dir, design)  # empty, malformed or repeated IDs: one line, exit 65
+    raw = table.frame
     cols = resolved_participant_columns(design, raw.columns)
     for field in ("site", "sex", "age", "arm", "cohort"):
         _require(raw, getattr(cols, field), f"participants.{field}", path)
@@ -182,7 +202,8 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
         out["sex"] = sex
     else:
         out["sex"] = np.nan
-    out["age"] = _numeric(raw[cols.age], "participants.age", path) if cols.age else np.nan
+    ids = out["participant_id"].tolist()
+    out["age"] = _numeric(raw[cols.age], "participants.age", path, table.lines, ids) if cols.age else np.nan
     out["arm"] = _map_values(raw[cols.arm], design.arms.model_dump()) if cols.arm else "ketamine"
     out["cohort"] = _map_values(raw[cols.cohort], design.cohorts.model_dump()) if cols.cohort else "discovery"
 
@@ -190,8 +211,14 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     if design.madrs.file == "participants.tsv":
         madrs = raw.assign(participant_id=out["participant_id"])
     elif madrs_path.exists():
-        madrs = read_tsv(madrs_path)
-        _require(madrs, "participant_id", "madrs.file (participant_id)", madrs_path)
+        from bids_ketamine.tables import read_table
+
+        madrs_table = read_table(madrs_path, design.madrs.file)
+        _require(madrs_table.frame, "participant_id", "madrs.file (participant_id)", madrs_path)
+        problems = identifiers(madrs_table, "participant_id", "sub-", "participant")[1]
+        if problems:
+            raise as_error(problems)
+        madrs = madrs_table.frame
         madrs["participant_id"] = _strip("sub-", madrs["participant_id"])
     else:
         raise MissingInputError("MADRS file named by design.madrs.file not found", path=madrs_path,
@@ -199,8 +226,11 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     has_madrs = {design.madrs.baseline, design.madrs.followup} <= set(madrs.columns)
     if has_madrs:
         merged = out[["participant_id"]].merge(madrs, on="participant_id", how="left")
-        out["madrs_baseline"] = _numeric(merged[design.madrs.baseline], "madrs.baseline", madrs_path).to_numpy()
-        out["madrs_24h"] = _numeric(merged[design.madrs.followup], "madrs.followup", madrs_path).to_numpy()
+        lines = table.lines if design.madrs.file == "participants.tsv" else None
+        out["madrs_baseline"] = _numeric(merged[design.madrs.baseline], "madrs.baseline", madrs_path, lines,
+                                         ids).to_numpy()
+        out["madrs_24h"] = _numeric(merged[design.madrs.followup], "madrs.followup", madrs_path, lines,
+                                    ids).to_numpy()
     else:
         out["madrs_baseline"] = np.nan
         out["madrs_24h"] = np.nan
@@ -238,7 +268,10 @@ def sessions_table(bids_dir: Path, design: StudyDesign, subjects: list[str] | No
         subject = path.parent.name.removeprefix("sub-")
         if subjects is not None and subject not in subjects:
             continue
-        raw = read_tsv(path)
+        from bids_ketamine.tables import read_table
+
+        table = read_table(path, "sessions.tsv")
+        raw = table.frame
         _require(raw, "session_id", "sessions (session_id)", path)
         frame = pd.DataFrame({"participant_id": subject, "session_id": _strip("ses-", raw["session_id"])})
         for name in ("condition", "pretreatment"):
@@ -250,7 +283,8 @@ def sessions_table(bids_dir: Path, design: StudyDesign, subjects: list[str] | No
         for name, field in (("period", "period"), ("madrs_baseline", "madrs_baseline"),
                             ("madrs_24h", "madrs_followup")):
             column = getattr(cols, field)
-            frame[name] = (_numeric(raw[column], f"sessions.{field}", path) if column and column in raw.columns
+            frame[name] = (_numeric(raw[column], f"sessions.{field}", path, table.lines)
+                           if column and column in raw.columns
                            else np.nan)
         frames.append(frame)
     if not frames:

@@ -66,6 +66,14 @@ class BadDataError(BidsKetamineError):
     exit_code = EXIT_BAD_DATA
 
 
+class UnusableInputError(BadDataError):
+    """An input file is truncated, corrupt or holds impossible values (NaN in a probability map...) (exit 65).
+
+    Distinct from other bad data so that no analysis replaces such a file by a default: a fallback is for a
+    missing or inapplicable input, never for a broken one.
+    """
+
+
 class MissingInputError(BidsKetamineError):
     """A required input file or column is absent (exit 66)."""
 

@@ -47,7 +47,15 @@ def main(argv: list[str]) -> int:
         print(f"demo: reusing the synthetic study in {bids_dir}")
     else:
         print(f"demo: writing the synthetic study ({args.size}) to {bids_dir} ...", flush=True)
-        write_study(bids_dir, seed=args.random_seed, size=args.size, parts=parts)
+        from bids_ketamine.errors import BidsKetamineError
+        from bids_ketamine.io.failures import writing
+
+        try:
+            with writing(root, "demo folder"):  # a full or read-only disk: one line, exit 73
+                write_study(bids_dir, seed=args.random_seed, size=args.size, parts=parts)
+        except BidsKetamineError as exc:
+            print(f"bids-ketamine demo: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     if not analyses:
         print("demo: no analysis is built yet; the synthetic study is written, nothing else to run.")
         return EXIT_OK

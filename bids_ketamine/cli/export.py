@@ -48,5 +48,13 @@ def main(argv: list[str]) -> int:
     except BidsKetamineError as exc:
         print(f"bids-ketamine export: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (OSError, EOFError, MemoryError) as exc:  # a full disk or a blocked export folder (else a bug)
+        from bids_ketamine.io.failures import describe as describe_failure
+
+        mapped = describe_failure(exc, outputs=[args.export_dir.absolute()], who="the export")
+        if mapped is None:
+            raise
+        print(f"bids-ketamine export: error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
     print(describe(result))
     return EXIT_OK

@@ -117,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     except BidsKetamineError as exc:
         print(f"bids-ketamine: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (OSError, EOFError, MemoryError) as exc:
+        # what the readers and the writer did not map: a full disk, a read-only folder, memory (else a bug)
+        from bids_ketamine.io.failures import describe
+
+        output = args.output_dir.absolute()
+        mapped = describe(exc, outputs=[output, (args.work_dir or output / ".bids_ketamine" / "work").absolute()],
+                          who="the main process")
+        if mapped is None:
+            raise
+        print(f"bids-ketamine: error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
     except KeyboardInterrupt:
         print("bids-ketamine: interrupted; re-run to resume (finished participants are kept)", file=sys.stderr)
         return 130

@@ -123,6 +123,16 @@ class RunResult:
     fd: np.ndarray | None = None
     intensity_ratio: np.ndarray | None = None
     raw: np.ndarray | None = None
+    #: where the framewise displacement came from (FD_FROM_CONFOUNDS or FD_FROM_MOTION)
+    fd_source: str = "framewise_displacement column of the confounds file"
+
+
+#: Sidecar key of the scrubbing table listing the runs whose FD was computed (the reports show it as a warning).
+FD_WARNINGS_KEY = "FramewiseDisplacementWarnings"
+#: FD sources, as written in the scrubbing table and the time-series sidecars.
+FD_FROM_CONFOUNDS = "framewise_displacement column of the confounds file"
+FD_FROM_MOTION = ("computed from trans_x..rot_z of the confounds file (Power et al. 2012, rotations on a 50 mm "
+                  "sphere): the file has no framewise_displacement column")
 
 
 @dataclass
@@ -194,16 +204,16 @@ def _volumetric_series(run: BoldRun, parcellation: Parcellation, params: Connect
         image = Path(str(mask_path)[: -len(".json")] + ".nii.gz")
         mask_path = image if image.exists() else mask_path
     if mask_path is not None:
-        try:
-            mask_img = nib.load(mask_path)
-        except Exception as exc:  # nibabel raises several types for unreadable files
-            raise BadDataError(f"cannot read the brain mask ({exc})", path=mask_path,
-                               fix="give fMRIPrep's desc-brain_mask NIfTI of the BOLD's space") from exc
+        from bids_ketamine.io.images import load_image
+
+        # read in full inside the error mapping: a truncated mask is one line naming it (exit 65)
+        mask_img, mask_data = load_image(mask_path, "brain mask",
+                                         fix="give fMRIPrep's desc-brain_mask NIfTI of the BOLD's space")
         if tuple(mask_img.shape[:3]) != tuple(img.shape[:3]) or not np.allclose(mask_img.affine, img.affine,
                                                                                  atol=1e-3):
             raise BadDataError("brain mask is not on the BOLD grid", path=mask_path,
                                fix="use the desc-brain_mask of the same space and resolution as the BOLD")
-        mask = np.asarray(mask_img.dataobj) > 0
+        mask = np.asarray(mask_data) > 0
     else:  # no mask: voxels with a non-zero, finite first volume
         first = np.asarray(img.dataobj[..., 0])
         mask = np.isfinite(first) & (first != 0)
@@ -263,6 +273,7 @@ def process_run(run: BoldRun, parcellation: Parcellation, params: ConnectivityPa
                                                         "atlas that fits its field of view") from exc
     if "framewise_displacement" in confounds.columns:
         fd = pd.to_numeric(confounds["framewise_displacement"], errors="coerce").to_numpy(dtype=float)
+        fd_source = FD_FROM_CONFOUNDS
     else:
         missing = [c for c in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z") if c not in confounds]
         if missing:
@@ -270,6 +281,8 @@ def process_run(run: BoldRun, parcellation: Parcellation, params: ConnectivityPa
                                     fix="use fMRIPrep's desc-confounds_timeseries.tsv")
         fd = framewise_displacement(confounds[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]]
                                     .to_numpy(dtype=float))
+        fd_source = FD_FROM_MOTION
+        LOG.warning("%s: no framewise_displacement column; FD %s", run.confounds, FD_FROM_MOTION.split(":")[0])
     if not np.isfinite(series.intensity_change).all():
         raise BadDataError("the BOLD has NaN or infinite values (or zero mean) inside the brain mask", path=run.bold,
                            fix="check the preprocessed BOLD and its brain mask")
@@ -299,7 +312,14 @@ def process_run(run: BoldRun, parcellation: Parcellation, params: ConnectivityPa
         clean = np.full(series.timeseries.shape, np.nan)
     return RunResult(run=run, names=series.names, timeseries=clean, n_voxels=series.n_voxels, keep=censoring.keep,
                      flagged_fd=censoring.flagged_fd, flagged_dvars=censoring.flagged_dvars, regressors=labels,
-                     fd=fd, intensity_ratio=ratio, raw=series.timeseries)
+                     fd=fd, intensity_ratio=ratio, raw=series.timeseries, fd_source=fd_source)
+
+
+def _fd_note(results: list[RunResult]) -> dict[str, Any]:
+    """Sidecar note (read by the methods text) naming the runs whose FD was computed from the motion parameters."""
+    computed = [f"{Path(r.run.confounds).name}: no framewise_displacement column; FD {FD_FROM_MOTION.split(':')[0]}"
+                for r in results if r.fd_source == FD_FROM_MOTION]
+    return {FD_WARNINGS_KEY: computed} if computed else {}
 
 
 # ------------------------------------------------------------------------------------------------ a session
@@ -396,7 +416,7 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any, writ
             table, entities=ent, suffix="timeseries", columns=columns, sources=sources, datatype="func",
             parameters=parameters, float_format="%.6g",
             metadata={"RepetitionTime": run.repetition_time, "Atlas": parcellation.source,
-                      "NuisanceRegressors": res.regressors,
+                      "NuisanceRegressors": res.regressors, "FramewiseDisplacementSource": res.fd_source,
                       "CensoredFrames": np.flatnonzero(~res.keep).tolist(),
                       "NumberOfVoxels": dict(zip(res.names, res.n_voxels.astype(int).tolist()))}))
 
@@ -421,6 +441,7 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any, writ
                 "session": res_s.session or "n/a", "run": r.run.run or "n/a", "condition": res_s.condition or "n/a",
                 "n_frames": int(r.keep.size), "n_flagged_fd": int(r.flagged_fd.sum()),
                 "n_flagged_intensity": int(r.flagged_dvars.sum()), "n_censored": int((~r.keep).sum()),
+                "fd_source": r.fd_source,
                 "session_censored_fraction": res_s.censored_fraction, "session_excluded": bool(res_s.excluded),
                 "reason": (f"{100 * res_s.censored_fraction:.1f} % of frames censored > "
                            f"{100 * p.max_scrubbed_fraction:.0f} %") if res_s.excluded else "n/a"})
@@ -430,13 +451,15 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any, writ
         "n_flagged_fd": f"frames with framewise displacement > {p.fd_threshold} mm",
         "n_flagged_intensity": f"frames with normalised intensity change > {p.dvars_ratio} x the run median",
         "n_censored": f"frames censored (flagged plus {p.neighbours} neighbour(s) each side)",
+        "fd_source": "where the framewise displacement came from (the confounds column, or computed from the "
+                     "motion parameters when the file has none; a warning names the file)",
         "session_censored_fraction": "censored fraction over all runs of the session",
         "session_excluded": f"session excluded (censored fraction > {p.max_scrubbed_fraction})",
         "reason": "why the session was excluded",
     }
     written.append(writer.write_table(pd.DataFrame(stats_rows), entities={"sub": subject, "desc": "scrubbing"},
                                       suffix="stats", columns=stats_columns, sources=sources_all, datatype="func",
-                                      parameters=parameters))
+                                      parameters=parameters, metadata=_fd_note(results)))
 
     labels = parcellation.labels
     for res_s in sessions:

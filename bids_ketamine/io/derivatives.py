@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_ketamine.__about__ import __version__
-from bids_ketamine.errors import CannotCreateOutputError, TemporaryFailure
+from bids_ketamine.errors import TemporaryFailure
 
 #: Order of entities in file names (BIDS order, then the derivative entities we use).
 ENTITY_ORDER = (
@@ -36,6 +38,21 @@ BIDSIGNORE_PATTERNS = (
     "*.svg", "*.png", ".bids_ketamine",
 )
 _STATE_DIR = ".bids_ketamine"
+#: Names of our staging folders: sub-<label>_<analysis>_<8 hex digits>.
+_STAGE_NAME = re.compile(r"^sub-[A-Za-z0-9]+_[a-z]+_[0-9a-f]{8}$")
+
+
+def _lock_of(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _release(lock) -> None:
+    """Delete a held lock's file, then release it (deleting while held: no other process can lock it meanwhile)."""
+    try:
+        Path(lock.lock_file).unlink(missing_ok=True)
+    except OSError:
+        pass
+    lock.release()
 
 
 def _check_label(value: str, key: str) -> str:
@@ -54,10 +71,48 @@ def bids_name(entities: Mapping[str, str | None], suffix: str, extension: str) -
     return "_".join([*parts, suffix]) + extension
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.<name>.tmp-<host>-<pid>-``: whose temporary file it is, so a later run can tell a killed writer's."""
+    return f".{target.name}.tmp-{_host()}-{os.getpid()}-"
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(root: Path) -> list[str]:
+    """Remove our atomic-write temporaries whose writer is dead (same host, no such process): what ``kill -9``
+    during a write leaves. Temporaries of other hosts (a shared file system) and of live processes stay."""
+    removed: list[str] = []
+    host = _host()
+    work = Path(root) / _STATE_DIR / "work"
+    for path in sorted(Path(root).rglob(".*.tmp-*")):
+        match = _TEMP_NAME.match(path.name)
+        if not match or not path.is_file() or path.is_relative_to(work):
+            continue
+        if match.group("host") == host and not _alive(int(match.group("pid"))):
+            path.unlink(missing_ok=True)
+            removed.append(path.relative_to(root).as_posix())
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -122,11 +177,10 @@ class DerivativesWriter:
         from filelock import FileLock, Timeout
 
         lock_dir = self.state_dir / "locks"
-        try:
+        from bids_ketamine.io.failures import writing
+
+        with writing(self.root):
             lock_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CannotCreateOutputError(f"cannot create {lock_dir}: {exc.strerror}", fix="make the output "
-                                          "folder writable or choose another output_dir") from exc
         try:
             with FileLock(str(lock_dir / "dataset.lock"), timeout=timeout):
                 yield
@@ -137,12 +191,11 @@ class DerivativesWriter:
 
     def init_dataset(self) -> None:
         """Create (or update) ``dataset_description.json`` and ``.bidsignore``; safe for concurrent jobs."""
-        try:
+        from bids_ketamine.io.failures import writing
+
+        with writing(self.root):  # read-only, full or forbidden: exit 73 naming the folder and its free space
             self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CannotCreateOutputError(f"cannot create the output folder: {exc.strerror}", path=self.root,
-                                          fix="choose a writable output_dir") from exc
-        with self.dataset_lock():
+        with writing(self.root), self.dataset_lock():
             desc_path = self.root / "dataset_description.json"
             description = self.dataset_description()
             if desc_path.exists():
@@ -277,7 +330,7 @@ class DerivativesWriter:
         rel = self.relpath(entities, suffix, ".nii.gz", datatype)
         target = self._target(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".nii.gz", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".nii.gz", dir=target.parent)
         os.close(fd)
         try:
             img.to_filename(tmp)
@@ -306,7 +359,7 @@ class DerivativesWriter:
             rel = Path(f"sub-{entities['sub']}") / "figures" / rel.name
         target = self._target(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=extension, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=extension, dir=target.parent)
         os.close(fd)
         try:
             import matplotlib
@@ -340,27 +393,70 @@ class DerivativesWriter:
     def staged(self, subject: str, analysis: str) -> Iterator[DerivativesWriter]:
         """Stage one participant's outputs of one analysis; move them into place only if the block succeeds.
 
-        On an exception the staging folder is removed and nothing of this participant's attempt remains.
+        On an exception the staging folder is removed and nothing of this participant's attempt remains. While
+        the block runs, this process holds ``<staging folder>.lock``: a run killed with ``kill -9`` leaves its
+        folder behind, unlocked, and the next run removes it (``remove_stale_staging``).
         """
+        from filelock import FileLock
+
+        from bids_ketamine.io.failures import writing
+
         stage = self.state_dir / "staging" / f"sub-{subject}_{analysis}_{uuid.uuid4().hex[:8]}"
-        try:
-            stage.mkdir(parents=True)
-        except OSError as exc:
-            raise CannotCreateOutputError(f"cannot create {stage}: {exc.strerror}",
-                                          fix="make the output folder writable") from exc
+        with writing(self.root):
+            stage.parent.mkdir(parents=True, exist_ok=True)
+            owner = FileLock(str(_lock_of(stage)), timeout=0)
+            owner.acquire()  # before the folder exists: a folder without a held lock is always a leftover
+            try:
+                stage.mkdir()
+            except BaseException:
+                _release(owner)
+                raise
         staged = DerivativesWriter(self.root, dataset_links=self.dataset_links, container=self.container,
                                    _write_root=stage)
         try:
-            yield staged
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        moved = []
-        for src in sorted(p for p in stage.rglob("*") if p.is_file()):
-            rel = src.relative_to(stage)
-            dst = self.root / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-            moved.append(rel.as_posix())
-        shutil.rmtree(stage, ignore_errors=True)
-        atomic_write_text(self._done_marker(subject, analysis), dumps_json({"outputs": moved}))
+            try:
+                yield staged
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            moved = []
+            with writing(self.root):
+                for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+                    rel = src.relative_to(stage)
+                    dst = self.root / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dst)
+                    moved.append(rel.as_posix())
+                shutil.rmtree(stage, ignore_errors=True)
+                atomic_write_text(self._done_marker(subject, analysis), dumps_json({"outputs": moved}))
+        finally:
+            _release(owner)
+
+    def remove_stale_staging(self) -> list[str]:
+        """Remove the staging folders that killed runs left (ours by name, and only those no live job locks).
+
+        Returns the removed folders (relative to the output folder), for the run summary.
+        """
+        from filelock import FileLock, Timeout
+
+        folder = self.state_dir / "staging"
+        removed: list[str] = []
+        if not folder.is_dir():
+            return removed
+        names = {p.name[: -len(".lock")] if p.name.endswith(".lock") else p.name for p in folder.iterdir()}
+        for name in sorted(n for n in names if _STAGE_NAME.match(n)):
+            stage = folder / name
+            lock = FileLock(str(_lock_of(stage)), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue  # a live job is writing there
+            except OSError:
+                continue  # cannot even lock it (read-only folder): leave it
+            try:
+                if stage.exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+                    removed.append(stage.relative_to(self.root).as_posix())
+            finally:
+                _release(lock)
+        return removed

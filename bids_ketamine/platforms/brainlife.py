@@ -406,6 +406,14 @@ def run_job(workdir: str | Path) -> tuple[int, list[dict[str, Any]], Path | None
     except BidsKetamineError as exc:
         code = exc.exit_code
         messages.append({"type": "error", "msg": str(exc)})
+    except (OSError, EOFError, MemoryError) as exc:  # what the app did not map (a full disk, a blocked folder)
+        from bids_ketamine.io.failures import describe
+
+        mapped = describe(exc, outputs=[Path(workdir).absolute()], who="the brainlife job")
+        if mapped is None:
+            raise
+        code = mapped.exit_code
+        messages.append({"type": "error", "msg": str(mapped)})
     finally:
         logging.getLogger("bids_ketamine").removeHandler(collect)
     if output_dir is not None and (output_dir / "logs").is_dir():

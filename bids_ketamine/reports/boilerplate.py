@@ -494,7 +494,7 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
         if analysis == "structural":
             paras = _structural_text(lookup, design, analysis in group, _scored_cohorts(folder))
         elif analysis == "connectivity":
-            paras = _connectivity_text(lookup, analysis in group)
+            paras = _connectivity_text(lookup, analysis in group) + _fd_fallback_text(folder)
         else:
             paras = _spectroscopy_text(lookup, design, analysis in group,
                                        group_descriptions(folder, "spectroscopy", r"lmm|model"))
@@ -523,6 +523,21 @@ def _scored_cohorts(folder: OutputFolder) -> list[str]:
             at = columns.index("cohort")
             found |= {row.split("\t")[at] for row in rows if len(row.split("\t")) > at}
     return sorted(found)
+
+
+def _fd_fallback_text(folder: OutputFolder) -> list[str]:
+    """A sentence when some confounds files had no framewise displacement and FD was computed from motion."""
+    runs = []
+    for sidecar in sorted(folder.root.glob("sub-*/**/*_desc-scrubbing_stats.json")):
+        try:
+            runs += json.loads(sidecar.read_text()).get("FramewiseDisplacementWarnings") or []
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+    if not runs:
+        return []
+    return [f"For {len(runs)} run(s) whose fMRIPrep confounds lacked framewise displacement, it was computed from "
+            "the six motion parameters (rotations on a 50 mm sphere) [power2012]; the scrubbing tables name them "
+            "(column fd_source)."]
 
 
 def _seed(folder: OutputFolder) -> Any:

@@ -133,6 +133,10 @@ def read_nifti_mrs(path: str | Path, *, sidecar: bool = True) -> MrsData:
     if not np.iscomplexobj(raw):
         raise BadDataError(f"data type {raw.dtype} is not complex; not a NIfTI-MRS FID", path=path,
                            fix="convert the raw data with spec2nii to NIfTI-MRS")
+    if np.any(raw.real) and not np.any(raw.imag):  # (an all-zero FID is refused below, as such)
+        raise BadDataError("every imaginary part is zero: the FID was stored as real values in a complex type",
+                           path=path, fix="re-convert the complex raw data with spec2nii (a magnitude or real-only "
+                                          "spectrum cannot be fitted)")
     if raw.ndim < 4:
         raise BadDataError(f"{raw.ndim}-D image: NIfTI-MRS needs x, y, z and time", path=path,
                            fix="convert the raw data with spec2nii to NIfTI-MRS")

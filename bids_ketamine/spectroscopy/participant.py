@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.errors import BadDataError
+from bids_ketamine.errors import BadDataError, UnusableInputError
 from bids_ketamine.inputs import MrsAcquisition, ParticipantInputs
 from bids_ketamine.spectroscopy.nifti_io import MrsData, check_reference_matches, read_nifti_mrs
 from bids_ketamine.spectroscopy.params import SpectroscopyParams
@@ -200,18 +200,18 @@ def segmentation_fractions(inputs: ParticipantInputs, acq: MrsAcquisition):
     Uses ``inputs.anat.probseg_t1w`` (a mapping ``gm``/``wm``/``csf`` -> path, same scanner space as the MRS
     data) when that field exists and is complete; otherwise None (the stated defaults are used, with a warning).
     """
-    import nibabel as nib
-
+    from bids_ketamine.io.images import check_probability_map, load_image
     from bids_ketamine.spectroscopy.nifti_io import tissue_fractions_in_voxel, voxel_affine
     from bids_ketamine.spectroscopy.quantify import TissueFractions
 
     maps = getattr(inputs.anat, "probseg_t1w", None)
     if not maps or not all(k in maps for k in ("gm", "wm", "csf")):
         return None
-    images = {k: nib.load(str(maps[k])) for k in ("gm", "wm", "csf")}
-    fractions = tissue_fractions_in_voxel(voxel_affine(acq.svs), {k: np.asanyarray(v.dataobj) for k, v in
-                                                                  images.items()},
-                                          images["gm"].affine, path=acq.svs)
+    images, data = {}, {}
+    for k in ("gm", "wm", "csf"):  # read and checked at the door: truncated or NaN maps are refused (exit 65)
+        images[k], raw = load_image(maps[k], f"{k.upper()} probability map")
+        data[k] = check_probability_map(raw, maps[k], f"{k.upper()} probability map")
+    fractions = tissue_fractions_in_voxel(voxel_affine(acq.svs), data, images["gm"].affine, path=acq.svs)
     return TissueFractions(**fractions, source="segmentation")
 
 
@@ -221,6 +221,8 @@ def _voxel_fractions(inputs: ParticipantInputs, acq: MrsAcquisition, params: Spe
         return params.tissue_fractions, ""
     try:
         fr = segmentation_fractions(inputs, acq)
+    except UnusableInputError:  # a broken map is refused, never replaced by the defaults
+        raise
     except BadDataError as exc:  # e.g. the voxel lies outside this T1w: quantify with the defaults, say why
         return None, f"the T1w segmentation cannot be used ({exc.problem})"
     return fr, "" if fr is not None else "no T1w-space tissue segmentation (GM/WM/CSF probseg) for the voxel"
@@ -252,7 +254,9 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
             quant_meta = {"WaterReferenceArea": water_area, "WaterLinewidthHz": wfit.lorentzian_hz,
                           "TissueFractions": (fr or DEFAULT_FRACTIONS).model_dump()}
             if fr is not None and fr.source == "segmentation":
-                quant_meta["TissueFractionsSources"] = [str(inputs.anat.probseg_t1w[k]) for k in ("gm", "wm", "csf")]
+                # BIDS URIs, as every other source: the sidecar stays the same when the dataset moves
+                quant_meta["TissueFractionsSources"] = [writer.source_uri(inputs.anat.probseg_t1w[k])
+                                                        for k in ("gm", "wm", "csf")]
         tables, results, labels = [], [], []
         step(f"fitting {len(spectra)} spectra of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
         for block, start, tmin, fid, n in progress(spectra, desc=f"sub-{inputs.subject} fMRS fits", unit="fits"):

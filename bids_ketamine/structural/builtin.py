@@ -95,11 +95,10 @@ def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, re
     t1w_path = Path(t1w_path)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        t1w_img = nib.load(t1w_path)
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise BadDataError(f"cannot read the T1w image ({exc})", path=t1w_path,
-                           fix="give a readable NIfTI T1w (re-convert it from DICOM)") from exc
+    from bids_ketamine.io.images import load_image
+
+    # the data are read here, inside the error mapping: a truncated file is one line naming it (exit 65)
+    t1w_img, _ = load_image(t1w_path, "T1w image", fix="give a readable NIfTI T1w (re-convert it from DICOM)")
     check_t1w_image(t1w_img, t1w_path)
     _ants_threads(n_threads)
     ants_seed = int(seed) % (2**31 - 1) or 1

@@ -122,13 +122,10 @@ def _finish_table(table: pd.DataFrame, tiv_mm3: float) -> pd.DataFrame:
 
 
 def _load_nifti(path: Path, what: str):
-    import nibabel as nib
+    from bids_ketamine.io.images import load_image
 
-    try:
-        return nib.load(path)
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise BadDataError(f"cannot read the {what} ({exc})", path=path,
-                           fix=f"give a readable NIfTI {what} (re-run the tool that wrote it)") from exc
+    # the data are read here, inside the error mapping: a truncated file is one line naming it (exit 65)
+    return load_image(path, what, fix=f"give a readable NIfTI {what} (re-run the tool that wrote it)")[0]
 
 
 def features_from_fmriprep(anat: AnatInputs, params: AnatFeatureParams, atlas) -> GMFeatures:

@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import traceback
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +51,32 @@ def run_one(state_file: str, subject: str, analysis: str) -> dict[str, Any]:
         status.update(ok=True, exit_code=0, outputs=[str(p) for p in outputs or []])
     except BidsKetamineError as exc:
         status.update(ok=False, exit_code=exc.exit_code, message=str(exc))
-    except Exception as exc:  # a bug, not bad data: keep the traceback for the user to send us
+    except Exception as exc:
+        from bids_ketamine.io.failures import describe, input_paths
+
+        # an OS or resource failure (full disk, unreadable input, out of memory) has its documented code
+        mapped = describe(exc, outputs=[Path(cfg.output_dir), Path(cfg.work_dir)], inputs=input_paths(inputs),
+                          who=f"sub-{subject} {analysis}")
+        if mapped is not None:
+            status.update(ok=False, exit_code=mapped.exit_code, message=str(mapped))
+        else:  # a bug, not bad data: keep the traceback for the user to send us
+            status.update(ok=False, exit_code=1, message=_crash_message(cfg, subject, analysis, exc))
+    return status
+
+
+def _crash_message(cfg, subject: str, analysis: str, exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    text = traceback.format_exc()
+    try:
         log_dir = Path(cfg.output_dir) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         crash = log_dir / f"sub-{subject}_{analysis}_crash.txt"
-        crash.write_text(traceback.format_exc())
-        status.update(ok=False, exit_code=1,
-                      message=f"unexpected error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              f" (traceback in {crash})")
-    return status
+        crash.write_text(text)
+        where = f"traceback in {crash}"
+    except OSError:
+        LOG.error("sub-%s %s: %s", subject, analysis, text)
+        where = "traceback in the log above"
+    return f"unexpected error {type(exc).__name__}: {first} ({where})"
 
 
 def quiet_nipype(work: Path, verbose: int) -> None:
@@ -69,8 +88,9 @@ def quiet_nipype(work: Path, verbose: int) -> None:
     from nipype import logging as nipype_logging
 
     level = "INFO" if verbose >= 2 else "WARNING"
-    settings = {"execution": {"crashfile_format": "txt", "remove_unnecessary_outputs": "false",
-                              "check_version": "false"},
+    # crash files go to the work folder: nipype's default is the current directory (the user's, or a repo's)
+    settings = {"execution": {"crashfile_format": "txt", "crashdump_dir": str(work / "crash"),
+                              "remove_unnecessary_outputs": "false", "check_version": "false"},
                 "logging": {"workflow_level": level, "interface_level": level, "utils_level": level},
                 "monitoring": {"enabled": "false"}}
     config_dir = work / "nipype_config"
@@ -109,13 +129,55 @@ def run_participant_jobs(cfg, inputs: dict, jobs: list[tuple[str, str]], *, data
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     # a name of its own per run: concurrent jobs share the default work folder (inside OUTPUT_DIR)
+    from filelock import FileLock
+
     state_file = work / f"participant_state_{uuid.uuid4().hex}.pkl"
-    with open(state_file, "wb") as handle:
-        pickle.dump({"config": cfg, "inputs": inputs, "dataset_links": dataset_links, "container": container}, handle)
+    owner = FileLock(str(state_file) + ".lock", timeout=0)
+    owner.acquire()  # held while the run lives: a killed run's state file is unlocked (remove_stale_states)
     try:
+        with open(state_file, "wb") as handle:
+            pickle.dump({"config": cfg, "inputs": inputs, "dataset_links": dataset_links, "container": container},
+                        handle)
         return _run_jobs(cfg, state_file, jobs, work)
     finally:
         state_file.unlink(missing_ok=True)
+        Path(owner.lock_file).unlink(missing_ok=True)
+        owner.release()
+
+
+def remove_stale_states(work_dir: Path) -> list[str]:
+    """Remove the state files (and per-job status files) that killed participant runs left in the work folder;
+    a state file whose lock a live run holds is kept."""
+    import re
+
+    from filelock import FileLock, Timeout
+
+    work = Path(work_dir)
+    removed: list[str] = []
+    if not work.is_dir():
+        return removed
+    for path in sorted(work.glob("participant_state_*.pkl*")):
+        match = re.match(r"^(participant_state_[0-9a-f]{32})\.pkl", path.name)
+        if not match or path.name.endswith(".lock") or not path.exists():
+            continue
+        lock = FileLock(str(work / f"{match.group(1)}.pkl.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except (Timeout, OSError):
+            continue
+        try:
+            for leftover in sorted(work.glob(f"{match.group(1)}*")):
+                if leftover.name.endswith(".lock"):
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(str(leftover))
+        finally:
+            Path(lock.lock_file).unlink(missing_ok=True)
+            lock.release()
+    return removed
 
 
 def _run_jobs(cfg, state_file: Path, jobs: list[tuple[str, str]], work: Path) -> list[dict[str, Any]]:
@@ -145,16 +207,109 @@ def _run_jobs(cfg, state_file: Path, jobs: list[tuple[str, str]], work: Path) ->
         # nipype's SLURM/SGE/PBS plugins name jobs after $LOGNAME and fail with a KeyError where batch or
         # container environments do not set it
         os.environ.setdefault("LOGNAME", _login_name())
-    wf.run(plugin=plugin, plugin_args=plugin_args)
+    local = plugin == "MultiProc"
+    if local:
+        plugin = _resilient_multiproc()(plugin_args=plugin_args)  # a killed worker must not hang the workflow
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except (RuntimeError, BrokenProcessPool) as exc:  # nodes whose process died; said per participant below
+        LOG.debug("the participant workflow reported: %s", exc)
     statuses = []
+    lost = []
     for subject, analysis in jobs:
         path = work / wf.name / f"sub_{subject}_{analysis}" / "status.json"
-        status = json.loads(path.read_text()) if path.exists() else {
-            "subject": subject, "analysis": analysis, "ok": False, "exit_code": 1,
-            "message": f"the workflow node did not finish (see nipype crash files in {work})"}
-        statuses.append(status)
+        if path.exists():
+            statuses.append(json.loads(path.read_text()))
+        else:
+            lost.append((subject, analysis))
+            statuses.append(None)
+    if lost and local:
+        # a worker died (the OOM killer sends SIGKILL) and took the pool's other jobs with it: run each such job
+        # alone in a process of its own, so the one that dies again is named and the others finish
+        LOG.warning("%d participant job(s) lost their worker process; running them one at a time", len(lost))
+        again = {job: run_isolated(state_file, *job) for job in lost}
+    else:
+        again = {job: {"subject": job[0], "analysis": job[1], "ok": False, "exit_code": 1,
+                       "message": f"the workflow node did not finish (see nipype crash files in {work})"}
+                 for job in lost}
+    statuses = [s if s is not None else again[job] for s, job in zip(statuses, jobs)]
+    for status in statuses:
         _log_status(status)
     return statuses
+
+
+def _run_and_save(state_file: str, subject: str, analysis: str, status_path: str) -> None:
+    folder = Path(status_path).with_suffix("")
+    folder.mkdir(exist_ok=True)
+    os.chdir(folder)  # a job runs in a folder of its own (as nipype's nodes do): its process can be told apart
+    status = run_one(state_file, subject, analysis)
+    Path(status_path).write_text(json.dumps(status))
+
+
+def run_isolated(state_file: Path, subject: str, analysis: str) -> dict[str, Any]:
+    """Run one job in a fresh process; a process that dies without a status is a killed worker (exit 75)."""
+    import multiprocessing as mp
+
+    from bids_ketamine.io.failures import killed_worker_error
+
+    status_path = Path(state_file).with_name(f"{Path(state_file).stem}_sub-{subject}_{analysis}_status.json")
+    status_path.unlink(missing_ok=True)
+    process = mp.get_context("forkserver").Process(target=_run_and_save,
+                                                   args=(str(state_file), subject, analysis, str(status_path)))
+    process.start()
+    process.join()
+    try:
+        if status_path.exists():
+            return json.loads(status_path.read_text())
+    finally:
+        status_path.unlink(missing_ok=True)
+        shutil.rmtree(status_path.with_suffix(""), ignore_errors=True)
+    error = killed_worker_error(f"sub-{subject} {analysis}", process.exitcode)
+    return {"subject": subject, "analysis": analysis, "ok": False, "exit_code": error.exit_code,
+            "message": str(error)}
+
+
+def _resilient_multiproc():
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
+
+    class _ResilientMultiProc(MultiProcPlugin):
+        """nipype's MultiProc that survives a worker process killed from outside (the OOM killer).
+
+        nipype reads results in a future's callback; when a worker dies the callback raises BrokenProcessPool,
+        the result never arrives and MultiProc waits forever. Here the failed futures count as crashed nodes and
+        the broken pool is replaced, so the workflow ends and says which jobs did not finish.
+        """
+
+        def _async_callback(self, args):
+            if args.cancelled() or args.exception() is not None:
+                return  # read by _get_result
+            super()._async_callback(args)
+
+        def _get_result(self, taskid):
+            result = super()._get_result(taskid)
+            if result is not None:
+                return result
+            future = self._task_obj.get(taskid)
+            if future is not None and future.done() and (future.cancelled() or future.exception() is not None):
+                self._renew_pool()
+                why = "cancelled" if future.cancelled() else f"{type(future.exception()).__name__}: " \
+                                                             f"{future.exception()}"
+                # a crashed node, as nipype records one (its traceback is a list of lines)
+                return {"taskid": taskid, "result": None, "traceback": [f"the worker process died ({why})\n"]}
+            return None
+
+        def _renew_pool(self):
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            if getattr(self.pool, "_broken", False):
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = ProcessPoolExecutor(max_workers=self.processors, initializer=process_initializer,
+                                                initargs=(self._cwd,),
+                                                mp_context=mp.get_context(self.plugin_args.get("mp_context")))
+
+    return _ResilientMultiProc
+
 
 
 def _login_name() -> str:

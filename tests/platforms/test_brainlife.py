@@ -203,3 +203,19 @@ def test_product_json_graphs_of_every_analysis_on_the_demo(small_demo):
         _check_plotly(graph)
     kept = _messages(body)
     assert kept[0] == "the one failure" and kept[-1].endswith("more message(s): see output/logs and the reports")
+
+
+
+def test_an_unwritable_job_folder_is_exit_73_in_product_json(tmp_path):
+    """An OS failure while building the job (a file stands where the BIDS view's folder goes) is mapped, not a
+    traceback: exit 73 and its one line in product.json."""
+    _stage(tmp_path, "60e1t1w", "t1", {"t1.nii.gz": b"x"})
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "bids").write_text("a file where the BIDS view must be a folder")
+    config = {"t1": "../60e1t1w/t1/t1.nii.gz", "_inputs": [_entry("t1", "60e1t1w", "t1", {"subject": "01"})]}
+    code, prod, err = run_main(job, config)
+    assert code == 73, err
+    errors = _messages(prod, "error")
+    assert len(errors) == 1 and f"{job}: cannot write here" in errors[0], errors
+    assert "Traceback" not in err

@@ -218,3 +218,14 @@ def test_pooling_refuses_duplicate_participants_and_foreign_outputs(tmp_path):
     code, _, err = run_cli([coordinator, stale, "group", "--skip-bids-validation",
                             "--participant-outputs", tmp_path / "export_a"])
     assert code == 64 and "participant outputs that no export brings (sub-old1/anat/" in err
+
+
+def test_export_into_a_blocked_folder_is_exit_73(tmp_path):
+    """An OS failure of the export (a file stands where the export folder goes) is one line, exit 73."""
+    _site_output(tmp_path / "site", ["01"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = run_cli(["export", tmp_path / "site", blocker / "export", "--site", "S1"])
+    assert code == 73, err
+    lines = [line for line in err.splitlines() if line.startswith("bids-ketamine export: error:")]
+    assert len(lines) == 1 and f"{blocker / 'export'}: cannot write the export (Not a directory)" in lines[0], err
