@@ -247,7 +247,10 @@ def mrs_inputs(svs: list, refs: list, events: list, task: str | None, pretreatme
     out = []
     for f in sorted(svs, key=lambda f: f.path):
         ent = f.entities
-        same_ses = [r for r in refs if r.entities.get("session") == ent.get("session")]
+        # a reference belongs to the acquisition of its session and volume of interest (a reference without voi-
+        # serves every voxel of the session)
+        same_ses = [r for r in refs if r.entities.get("session") == ent.get("session")
+                    and r.entities.get("volume") in (None, ent.get("volume"))]
         references: dict[str, Path] = {}
         for ref in sorted(same_ses, key=lambda r: r.path):
             acq = ref.entities.get("acquisition")
@@ -261,7 +264,8 @@ def mrs_inputs(svs: list, refs: list, events: list, task: str | None, pretreatme
         out.append(MrsAcquisition(svs=Path(f.path), references=references, events=_first(ev),
                                   session=ent.get("session"), acq=ent.get("acquisition"),
                                   run=None if ent.get("run") is None else str(ent.get("run")), task=ent.get("task"),
-                                  pretreatment=pretreatments.get(ses), condition=conditions.get(ses)))
+                                  voi=ent.get("volume"), pretreatment=pretreatments.get(ses),
+                                  condition=conditions.get(ses)))
     return tuple(out)
 
 

@@ -61,6 +61,8 @@ class MrsAcquisition:
     acq: str | None = None
     run: str | None = None
     task: str | None = None
+    #: BIDS ``voi-`` entity (the volume of interest), when two voxels are measured in one session.
+    voi: str | None = None
     #: Pretreatment of the session from the study design (``placebo``, ``naltrexone``).
     pretreatment: str | None = None
     #: Drug condition of the session (``ketamine``...), when the design has one.

@@ -291,52 +291,61 @@ def _p_text(p: float, name: str = "p") -> str:
     return f"{name} = {p:.2g}" if p >= 1e-4 else f"{name} < 1e-4"
 
 
-def participation_ratio_figure(subsamples: Any, per_drug: Any, anova: Any, pairwise: Any):
-    """Participation ratio per drug: the distribution over equal-size random subsamples (box and points), the PR of
-    all subjects (diamond), the ANOVA across drugs in the title and each pair's effect size and Bonferroni p below.
+def participation_ratio_figure(subsamples: Any, per_drug: Any, pairwise: Any, anova: Any = None):
+    """Participation ratio per drug at one subsample size: the subsample PRs (box and points; they share subjects,
+    so their spread is not the uncertainty), the equal-n PR with its jackknife 95 % interval over subjects (bar),
+    the PR of all subjects (diamond), and below each pair's difference with its permutation p (Holm).
 
-    Inputs are the tables of ``dimensionality.compare_dimensionality`` (``subsamples`` long table with columns
-    drug / participation_ratio; ``per_drug``; ``anova``; ``pairwise``).
+    Inputs are the tables of ``dimensionality.compare_dimensionality``; ``anova`` (the descriptive subsample
+    ANOVA, only when it was asked for) is named in the title as descriptive.
     """
     drugs = list(per_drug["drug"])
     if not drugs:
         raise ValueError("no drug in the participation-ratio table")
     data = [subsamples.loc[subsamples["drug"] == d, "participation_ratio"].to_numpy(dtype=float) for d in drugs]
     n_pairs = len(pairwise)
-    fig = _figure(max(3.4, 1.4 + 1.3 * len(drugs)), 3.2 + 0.16 * n_pairs)
+    fig = _figure(max(3.6, 1.6 + 1.3 * len(drugs)), 3.3 + 0.16 * n_pairs)
     ax = fig.subplots()
-    ax.boxplot(data, positions=np.arange(1, len(drugs) + 1), widths=0.5, showfliers=False,
-               medianprops={"color": "black"})
+    positions = np.arange(1, len(drugs) + 1)
+    ax.boxplot(data, positions=positions, widths=0.5, showfliers=False, medianprops={"color": "0.5"},
+               boxprops={"color": "0.6"}, whiskerprops={"color": "0.6"}, capprops={"color": "0.6"})
     for i, values in enumerate(data):
         spread = np.linspace(-0.18, 0.18, values.size) if values.size > 1 else np.zeros(values.size)
-        ax.plot(i + 1 + spread, values, "o", ms=2, alpha=0.35, color=f"C{i % 10}", mec="none",
+        ax.plot(i + 1 + spread, values, "o", ms=2, alpha=0.3, color=f"C{i % 10}", mec="none",
                 gid=f"participation-{drugs[i]}")
-    ax.plot(np.arange(1, len(drugs) + 1), per_drug["pr_all_subjects"].to_numpy(dtype=float), "D", color="black",
-            ms=5, label="all subjects")
-    ax.set_xticks(np.arange(1, len(drugs) + 1))
+    mean = per_drug["pr_mean"].to_numpy(dtype=float)
+    low = per_drug["pr_ci_low"].to_numpy(dtype=float) if "pr_ci_low" in per_drug else np.full(mean.size, np.nan)
+    high = per_drug["pr_ci_high"].to_numpy(dtype=float) if "pr_ci_high" in per_drug else np.full(mean.size, np.nan)
+    ok = np.isfinite(low) & np.isfinite(high)
+    ax.vlines(positions[ok] + 0.32, low[ok], high[ok], color="black", lw=1.2)
+    ax.plot(positions + 0.32, mean, "s", color="black", ms=4, label="equal-n PR, 95 % CI (jackknife over subjects)",
+            gid="participation-ci")
+    ax.plot(positions, per_drug["pr_all_subjects"].to_numpy(dtype=float), "D", color="0.3", ms=4, mfc="white",
+            label="all subjects")
+    ax.set_xticks(positions)
     size = int(per_drug["subsample_size"].iloc[0])
     ax.set_xticklabels([f"{d}\n(n = {int(n)})" for d, n in zip(drugs, per_drug["n_subjects"])], fontsize=8)
     ax.set_ylabel("participation ratio")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    n_sub = int(per_drug["n_subsamples"].iloc[0])
-    if len(drugs) >= 2 and len(anova):
-        row = anova.iloc[0]
-        head = (f"ANOVA F({int(row['df_between'])}, {int(row['df_within'])}) = {float(row['f']):.3g}, "
-                f"{_p_text(float(row['p']))}")
-    else:
-        head = "one drug: no comparison"
-    ax.set_title(f"Participation ratio, {n_sub} subsamples of {size} subjects\n{head}", fontsize=8)
-    lines = [f"{r.drug_a} vs {r.drug_b}: diff {r.mean_difference:+.3g}, d = {r.cohens_d:.2g}, "
-             f"P(a > b) = {r.fraction_a_greater:.2f}, {_p_text(float(r.p_bonferroni), 'p_bonf')}"
+    head = (f"subject-level permutation tests, Holm across {n_pairs} pair(s)" if n_pairs
+            else "one drug: no comparison")
+    if anova is not None and len(anova) and np.isfinite(float(anova.iloc[0]["f"])):
+        head += (f"\n(descriptive only: subsample ANOVA F = {float(anova.iloc[0]['f']):.3g}, its p counts "
+                 "subsamples, not subjects)")
+    ax.set_title(f"Participation ratio on subsamples of {size} subjects\n{head}", fontsize=8)
+    lines = [f"{r.drug_a} - {r.drug_b}: {r.difference:+.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}], "
+             f"{_p_text(float(r.p_permutation), 'p_perm')}, {_p_text(float(r.p_holm), 'p_Holm')}"
              for r in pairwise.itertuples()]
-    if n_pairs:
-        lines.append("subsamples share subjects: read p-values with the effect sizes")
+    lines += [f"{d}: {int(k)} distinct subsamples, all used" for d, k, e in
+              zip(drugs, per_drug.get("n_distinct_subsamples", [np.nan] * len(drugs)),
+                  per_drug.get("subsamples_enumerated", [False] * len(drugs))) if bool(e) and int(k) > 1]
     lines += [f"{d}: subsample size = group size, every subsample is the whole group (no spread)"
               for d, n in zip(drugs, per_drug["n_subjects"]) if int(n) == size]
-    values = np.concatenate([*data, per_drug["pr_all_subjects"].to_numpy(dtype=float)])
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    pad = max(0.05 * (high - low), 0.02 * max(abs(high), 1e-9))  # a visible range also when nothing varies
-    ax.set_ylim(low - pad, high + pad)
+    values = np.concatenate([*data, per_drug["pr_all_subjects"].to_numpy(dtype=float), low[np.isfinite(low)],
+                             high[np.isfinite(high)]])
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(0.05 * (hi - lo), 0.02 * max(abs(hi), 1e-9))  # a visible range also when nothing varies
+    ax.set_ylim(lo - pad, hi + pad)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     fig.text(0.01, 0.0, "\n".join(lines), ha="left", va="top", fontsize=6.5)
     return fig

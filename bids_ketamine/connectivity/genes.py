@@ -146,6 +146,12 @@ class SurrogateSettings:
     batch_size: int = 100
 
 
+NULL_METHODS = ("moran", "brainsmash", "spin", "spin_vasa", "spin_hungarian")
+SPIN_METHODS = ("spin", "spin_vasa", "spin_hungarian")
+#: Spin method name -> assignment of :func:`.spatial_nulls.spin_permutations`.
+SPIN_ASSIGNMENT = {"spin": "nearest", "spin_vasa": "vasa", "spin_hungarian": "hungarian"}
+
+
 def hemisphere_groups(hemispheres: Sequence[str] | None, per_hemisphere: bool, n: int) -> list[np.ndarray]:
     """Index groups to generate surrogates in: L and R separately when every parcel is L or R, else one group."""
     if per_hemisphere and hemispheres is not None:
@@ -155,20 +161,43 @@ def hemisphere_groups(hemispheres: Sequence[str] | None, per_hemisphere: bool, n
     return [np.arange(n)]
 
 
-def generate_surrogates(values: np.ndarray, distance: np.ndarray, *, n_surrogates: int, seed: int,
+def generate_surrogates(values: np.ndarray, distance: np.ndarray | None, *, n_surrogates: int, seed: int,
                         hemispheres: Sequence[str] | None = None,
-                        settings: SurrogateSettings = SurrogateSettings(), n_jobs: int = 1) -> np.ndarray:
-    """Surrogate maps (n_surrogates x parcels) with the spatial autocorrelation of ``values`` (Moran spectral
-    randomisation or brainsmash variogram matching, see ``settings``), over all parcels or per hemisphere."""
-    from bids_ketamine.connectivity.spatial_nulls import moran_surrogates
+                        settings: SurrogateSettings = SurrogateSettings(), n_jobs: int = 1,
+                        sphere: np.ndarray | None = None, spins: np.ndarray | None = None,
+                        wall: dict | None = None) -> np.ndarray:
+    """Surrogate maps (n_surrogates x parcels) with the spatial autocorrelation of ``values``: Moran spectral
+    randomisation or brainsmash variogram matching on ``distance`` (over all parcels or per hemisphere), or a
+    parcel-wise spin test on the ``sphere`` centroids (``spin``: nearest rotated parcel with the medial wall
+    ``wall`` rotating along, NaN where it lands; ``spin_vasa``, ``spin_hungarian``: permutations; ``spins``:
+    precomputed resamplings, n x parcels, of which the first ``n_surrogates`` are used).
 
-    if settings.method not in ("moran", "brainsmash"):
-        raise ValueError(f"unknown surrogate method {settings.method!r} (moran or brainsmash)")
+    Distances that are not finite between hemispheres (surface geodesic distances) make Moran and brainsmash work
+    per hemisphere whatever ``settings.per_hemisphere`` says: there is no distance to weigh across them.
+    """
+    from bids_ketamine.connectivity.spatial_nulls import moran_surrogates, spin_permutations, spun_maps
+
+    if settings.method not in NULL_METHODS:
+        raise ValueError(f"unknown surrogate method {settings.method!r} ({', '.join(NULL_METHODS)})")
     values = np.asarray(values, dtype=float)
-    distance = np.asarray(distance, dtype=float)
     if not np.isfinite(values).all():
         raise ValueError("brain map has NaN values; restrict it to parcels with values first")
-    groups = hemisphere_groups(hemispheres, settings.per_hemisphere, values.size)
+    if settings.method in SPIN_METHODS:
+        if spins is None:
+            if sphere is None or hemispheres is None:
+                raise ValueError("spin tests need parcel centroids on the sphere and their hemispheres")
+            spins = spin_permutations(sphere, hemispheres, n_spins=n_surrogates, seed=seed,
+                                      method=SPIN_ASSIGNMENT[settings.method], wall=wall)
+        if spins.shape[0] < n_surrogates or spins.shape[1] != values.size:
+            raise ValueError(f"spin resamplings {spins.shape} do not cover {n_surrogates} x {values.size}")
+        return spun_maps(values, spins[:n_surrogates])
+    distance = np.asarray(distance, dtype=float)
+    per_hemisphere = settings.per_hemisphere or not np.isfinite(distance).all()
+    groups = hemisphere_groups(hemispheres, per_hemisphere, values.size)
+    for group in groups:
+        if not np.isfinite(distance[np.ix_(group, group)]).all():
+            raise ValueError("distances are not finite within a surrogate group (geodesic distances need every "
+                             "parcel in the L or R hemisphere)")
     seeds = np.random.SeedSequence(seed).generate_state(len(groups))
     out = np.empty((n_surrogates, values.size))
     for group, group_seed in zip(groups, seeds):
@@ -190,51 +219,92 @@ def generate_surrogates(values: np.ndarray, distance: np.ndarray, *, n_surrogate
     return out
 
 
-def surrogate_cache_key(values: np.ndarray, distance: np.ndarray, hemispheres: Sequence[str] | None,
-                        settings: SurrogateSettings, seed: int, n_surrogates: int) -> str:
+def _hash_arrays(digest, *arrays) -> None:
+    for a in arrays:
+        if a is None:
+            digest.update(b"none")
+        else:
+            a = np.ascontiguousarray(a)
+            digest.update(repr((a.shape, a.dtype.str)).encode())
+            digest.update(a.tobytes())
+
+
+def surrogate_cache_key(values: np.ndarray, distance: np.ndarray | None, hemispheres: Sequence[str] | None,
+                        settings: SurrogateSettings, seed: int, n_surrogates: int,
+                        sphere: np.ndarray | None = None, spins: np.ndarray | None = None) -> str:
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(values, dtype=float).tobytes())
-    digest.update(np.ascontiguousarray(distance, dtype=float).tobytes())
+    _hash_arrays(digest, np.asarray(values, dtype=float),
+                 None if distance is None else np.asarray(distance, dtype=float), sphere, spins)
     digest.update(repr((list(hemispheres) if hemispheres is not None else None, asdict(settings), int(seed),
                         int(n_surrogates))).encode())
     return digest.hexdigest()[:24]
 
 
-def cached_surrogates(values: np.ndarray, distance: np.ndarray, *, n_surrogates: int, seed: int,
-                      cache_dir: str | os.PathLike | None, hemispheres: Sequence[str] | None = None,
-                      settings: SurrogateSettings = SurrogateSettings(), n_jobs: int = 1) -> np.ndarray:
-    """:func:`generate_surrogates`, read from / written to ``cache_dir`` when given (atomic write)."""
-    if cache_dir is None:
-        return generate_surrogates(values, distance, n_surrogates=n_surrogates, seed=seed, hemispheres=hemispheres,
-                                   settings=settings, n_jobs=n_jobs)
-    cache_dir = Path(cache_dir)
-    key = surrogate_cache_key(values, distance, hemispheres, settings, seed, n_surrogates)
-    path = cache_dir / f"surrogates_{key}.npy"
-    if path.is_file():
-        cached = np.load(path)
-        if cached.shape == (n_surrogates, np.asarray(values).size):
-            return cached
-    surr = generate_surrogates(values, distance, n_surrogates=n_surrogates, seed=seed, hemispheres=hemispheres,
-                               settings=settings, n_jobs=n_jobs)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".surrogates_", suffix=".npy", dir=cache_dir)
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}_", suffix=".npy", dir=path.parent)
     os.close(fd)
     try:
-        np.save(tmp, surr)
+        np.save(tmp, array)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cached_surrogates(values: np.ndarray, distance: np.ndarray | None, *, n_surrogates: int, seed: int,
+                      cache_dir: str | os.PathLike | None, hemispheres: Sequence[str] | None = None,
+                      settings: SurrogateSettings = SurrogateSettings(), n_jobs: int = 1,
+                      sphere: np.ndarray | None = None, spins: np.ndarray | None = None,
+                      wall: dict | None = None) -> np.ndarray:
+    """:func:`generate_surrogates`, read from / written to ``cache_dir`` when given (atomic write)."""
+    kwargs = dict(n_surrogates=n_surrogates, seed=seed, hemispheres=hemispheres, settings=settings, n_jobs=n_jobs,
+                  sphere=sphere, spins=spins, wall=wall)
+    if cache_dir is None or settings.method in SPIN_METHODS:  # spin surrogates are an indexing of cached spins
+        return generate_surrogates(values, distance, **kwargs)
+    key = surrogate_cache_key(values, distance, hemispheres, settings, seed, n_surrogates, sphere, spins)
+    path = Path(cache_dir) / f"surrogates_{key}.npy"
+    if path.is_file():
+        cached = np.load(path)
+        if cached.shape == (n_surrogates, np.asarray(values).size):
+            return cached
+    surr = generate_surrogates(values, distance, **kwargs)
+    _atomic_save(path, surr)
     return surr
+
+
+def cached_spins(sphere: np.ndarray, hemispheres: Sequence[str], *, n_spins: int, seed: int, method: str,
+                 cache_dir: str | os.PathLike | None, wall: dict | None = None) -> np.ndarray:
+    """Spin-test resamplings of a parcellation (:func:`.spatial_nulls.spin_permutations`), cached: they depend on
+    the parcellation, the method and the seed only, so every map and every re-run reuses them."""
+    from bids_ketamine.connectivity.spatial_nulls import spin_permutations
+
+    method = SPIN_ASSIGNMENT.get(method, method)
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256()
+        _hash_arrays(digest, np.asarray(sphere, dtype=float),
+                     *([np.asarray(wall[h]) for h in sorted(wall)] if wall else []))
+        digest.update(repr((list(hemispheres), int(n_spins), int(seed), method)).encode())
+        path = Path(cache_dir) / f"spins_{digest.hexdigest()[:24]}.npy"
+        if path.is_file():
+            cached = np.load(path)
+            if cached.shape == (n_spins, len(hemispheres)):
+                return cached
+    spins = spin_permutations(sphere, hemispheres, n_spins=n_spins, seed=seed, method=method, wall=wall)
+    if path is not None:
+        _atomic_save(path, spins)
+    return spins
 
 
 # --------------------------------------------------------------------------------------------- statistics
 def null_p_value(r: float | np.ndarray, r_null: np.ndarray) -> np.ndarray:
-    """Two-sided p = (1 + #{|r_null| >= |r|}) / (1 + N); ``r_null`` is N (x genes)."""
+    """Two-sided p = (1 + #{|r_null| >= |r|}) / (1 + N); ``r_null`` is N (x genes). A null map for which r is
+    undefined (NaN: too few parcels left in a spin) is not counted in N."""
     r = np.asarray(r, dtype=float)
     r_null = np.asarray(r_null, dtype=float)
     count = (np.abs(r_null) >= np.abs(r)[None, ...] - 1e-12).sum(axis=0)
-    return (1.0 + count) / (1.0 + r_null.shape[0])
+    return (1.0 + count) / (1.0 + np.isfinite(r_null).sum(axis=0))
 
 
 def fdr_bh(p_values: np.ndarray) -> np.ndarray:
@@ -264,6 +334,35 @@ def row_correlations(maps: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.divide(a @ b, denom, out=np.full(a.shape[:-1], np.nan), where=denom > 0)
 
 
+def masked_correlations(maps: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Pearson r of each row of ``maps`` (k x parcels) with each column of ``targets`` (parcels x g) over the
+    parcels where both are finite (NaN marks a parcel a surrogate or a gene has no value for). k x g."""
+    maps = np.asarray(maps, dtype=float)
+    targets = np.asarray(targets, dtype=float)
+    if targets.ndim == 1:
+        return masked_correlations(maps, targets[:, None])[:, 0]
+    mx, mt = np.isfinite(maps), np.isfinite(targets)
+    x = np.where(mx, maps - np.nanmean(np.where(mx, maps, np.nan), axis=1, keepdims=True), 0.0)
+    y = np.where(mt, targets - np.nanmean(np.where(mt, targets, np.nan), axis=0, keepdims=True), 0.0)
+    fx, ft = mx.astype(float), mt.astype(float)
+    n = fx @ ft
+    sx, sy = x @ ft, fx @ y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = x @ y - sx * sy / n
+        vx = (x * x) @ ft - sx ** 2 / n
+        vy = fx @ (y * y) - sy ** 2 / n
+        r = cov / np.sqrt(vx * vy)
+    return np.where((n >= 3) & (vx > 0) & (vy > 0), np.clip(r, -1.0, 1.0), np.nan)
+
+
+def _null_correlations(null: np.ndarray, z_genes: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """r of every null map with every gene: one product of standardised rows, or the NaN-aware version when
+    the null leaves parcels out (the ``spin`` null)."""
+    if np.isfinite(null).all():
+        return _standardise_rows(null) @ z_genes
+    return masked_correlations(null, genes)
+
+
 def _standardise_rows(a: np.ndarray) -> np.ndarray:
     """Rows centred and scaled to unit norm, so a product of two such rows is their Pearson r (0 for a flat row)."""
     a = np.asarray(a, dtype=float)
@@ -279,13 +378,19 @@ def shuffled_maps(values: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return batch
 
 
-def gene_correlations(brain_map: pd.Series, genes: pd.DataFrame, surrogates: np.ndarray, *,
+def gene_correlations(brain_map: pd.Series, genes: pd.DataFrame, surrogates, *,
                       n_naive: int = 0, seed: int = 0) -> pd.DataFrame:
-    """r of a brain map with every gene, its spatial-surrogate p (and FDR q), and the naive shuffle p (and q).
+    """r of a brain map with every gene, its spatial-null p (and FDR q), and the naive shuffle p (and q).
 
-    ``surrogates`` are rows aligned with ``brain_map.index``; ``genes`` is indexed by parcel name and may have NaN
-    (a gene is then tested on the parcels where it is measured). ``n_naive`` = 0 skips the naive null.
+    ``surrogates``: an array of surrogate maps (rows aligned with ``brain_map.index``), or a dict {null name:
+    array} of several nulls, the first being the primary inference: ``p_spatial``/``q_spatial`` are the primary
+    null's, and every null also gets ``p_<name>``/``q_<name>`` columns. ``genes`` is indexed by parcel name and may
+    have NaN (a gene is then tested on the parcels where it is measured). ``n_naive`` = 0 skips the naive null.
     """
+    nulls = dict(surrogates) if isinstance(surrogates, dict) else {"spatial": np.asarray(surrogates)}
+    if not nulls:
+        raise ValueError("no spatial null given")
+    primary = next(iter(nulls))
     names = list(brain_map.index)
     missing = [n for n in names if n not in genes.index]
     if missing:
@@ -293,42 +398,39 @@ def gene_correlations(brain_map: pd.Series, genes: pd.DataFrame, surrogates: np.
     x = brain_map.to_numpy(dtype=float)
     expr = genes.loc[names].to_numpy(dtype=float)
     naive = shuffled_maps(x, n_naive, np.random.default_rng(seed)) if n_naive else None
+    all_nulls = {**nulls, **({"naive": naive} if naive is not None else {})}
     complete = np.isfinite(expr).all(axis=0) & (np.ptp(np.nan_to_num(expr), axis=0) > 0)
-    rows: list[dict] = [{} for _ in genes.columns]
+    p = {name: np.full(len(genes.columns), np.nan) for name in [*nulls, "naive"]}
+    r_all = np.full(len(genes.columns), np.nan)
+    n_parcels = np.full(len(genes.columns), len(names))
     # complete genes: one standardised matrix product per chunk of genes (the same surrogates for every gene)
     idx = np.flatnonzero(complete)
-    z_maps = {"spatial": _standardise_rows(surrogates)}
-    if naive is not None:
-        z_maps["naive"] = _standardise_rows(naive)
     z_x = _standardise_rows(x[None, :])[0]
     for start in range(0, idx.size, GENE_CHUNK):
         cols = idx[start:start + GENE_CHUNK]
         z_g = _standardise_rows(expr[:, cols].T).T
         r = z_x @ z_g
-        p_sp = null_p_value(r, z_maps["spatial"] @ z_g)
-        p_nv = null_p_value(r, z_maps["naive"] @ z_g) if naive is not None else np.full(cols.size, np.nan)
-        for j, rj, ps, pn in zip(cols, r, p_sp, p_nv):
-            rows[j] = {"n_parcels": len(names), "r": float(rj), "p_spatial": float(ps), "p_naive": float(pn)}
+        r_all[cols] = r
+        for name, m in all_nulls.items():
+            p[name][cols] = null_p_value(r, _null_correlations(m, z_g, expr[:, cols]))
     # genes with missing parcels: tested on the parcels where they are measured
     for j in np.flatnonzero(~complete):
         ok = np.isfinite(expr[:, j])
-        row = {"n_parcels": int(ok.sum()), "r": np.nan, "p_spatial": np.nan, "p_naive": np.nan}
+        n_parcels[j] = int(ok.sum())
         if ok.sum() >= 3 and np.ptp(expr[ok, j]) > 0:
             r = float(row_correlations(x[ok][None, :], expr[ok, j])[0])
-            row["r"] = r
-            row["p_spatial"] = float(null_p_value(r, row_correlations(surrogates[:, ok], expr[ok, j])))
-            if naive is not None:
-                row["p_naive"] = float(null_p_value(r, row_correlations(naive[:, ok], expr[ok, j])))
-        rows[j] = row
-    for gene, row in zip(genes.columns, rows):
-        row["gene"] = str(gene)
-    table = pd.DataFrame(rows)
-    table["q_spatial"] = fdr_bh(table["p_spatial"].to_numpy())
-    table["q_naive"] = fdr_bh(table["p_naive"].to_numpy())
-    table["n_surrogates"] = surrogates.shape[0]
-    table["n_naive"] = n_naive
-    return table[["gene", "n_parcels", "r", "p_spatial", "q_spatial", "p_naive", "q_naive", "n_surrogates",
-                  "n_naive"]]
+            r_all[j] = r
+            for name, m in all_nulls.items():
+                p[name][j] = float(null_p_value(r, masked_correlations(m[:, ok], expr[ok, j])))
+    table = pd.DataFrame({"gene": [str(g) for g in genes.columns], "n_parcels": n_parcels, "r": r_all,
+                          "p_spatial": p[primary], "q_spatial": fdr_bh(p[primary]),
+                          "p_naive": p["naive"], "q_naive": fdr_bh(p["naive"]),
+                          "n_surrogates": nulls[primary].shape[0], "n_naive": n_naive})
+    if isinstance(surrogates, dict):
+        for name in nulls:
+            table[f"p_{name}"] = p[name]
+            table[f"q_{name}"] = fdr_bh(p[name])
+    return table
 
 
 # --------------------------------------------------------------------------------------------- calibration
@@ -353,56 +455,86 @@ class CalibrationResult:
     pairs: pd.DataFrame = field(repr=False)  # one row per pair: r, p_spatial, p_naive
 
 
-def _mode_name(settings: SurrogateSettings, hemispheres, n: int) -> str:
+def _mode_name(settings: SurrogateSettings, hemispheres, n: int, geodesic: bool = False) -> str:
+    if settings.method in SPIN_METHODS:
+        return settings.method
+    if geodesic:
+        return "moran_geodesic" if settings.method == "moran" else "brainsmash_geodesic"
     per_hemi = len(hemisphere_groups(hemispheres, settings.per_hemisphere, n)) > 1
     prefix = "moran" if settings.method == "moran" else "surrogates"
     return f"{prefix}_per_hemisphere" if per_hemi else f"{prefix}_whole_brain"
 
 
 def _calibration_pair(x: np.ndarray, y: np.ndarray, distance: np.ndarray, hemispheres, n_null: int, seed: int,
-                      variants: tuple[SurrogateSettings, ...]) -> list[float]:
+                      variants: tuple[SurrogateSettings, ...], spin_pools: dict | None = None) -> list[float]:
     r = float(row_correlations(x[None, :], y)[0])
     out = [r]
     for settings in variants:
+        spins = None
+        if settings.method in SPIN_METHODS:
+            pool = spin_pools[settings.method]
+            spins = pool[np.random.default_rng([seed, 2]).choice(pool.shape[0], n_null, replace=False)]
         surr = generate_surrogates(x, distance, n_surrogates=n_null, seed=seed, hemispheres=hemispheres,
-                                   settings=settings)
-        out.append(float(null_p_value(r, row_correlations(surr, y))))
+                                   settings=settings, spins=spins)
+        null = row_correlations(surr, y) if np.isfinite(surr).all() else masked_correlations(surr, y)
+        out.append(float(null_p_value(r, null)))
     naive = shuffled_maps(x, n_null, np.random.default_rng([seed, 1]))
     out.append(float(null_p_value(r, row_correlations(naive, y))))
     return out
 
 
-def null_calibration(xyz: np.ndarray, *, hemispheres: Sequence[str] | None = None, n_pairs: int = 200,
+def null_calibration(xyz: np.ndarray | None, *, hemispheres: Sequence[str] | None = None, n_pairs: int = 200,
                      n_null: int = 500, length_mm: float = 30.0, alpha: float = 0.05, seed: int = 0,
                      settings: SurrogateSettings = SurrogateSettings(), both_hemisphere_modes: bool = False,
-                     other_methods: Sequence[str] = (), covariance: str = "gaussian",
-                     n_jobs: int = 1) -> CalibrationResult:
-    """False-positive rates of the spatial-surrogate and naive-shuffle tests on unrelated smooth map pairs.
+                     other_methods: Sequence[str] = (), covariance: str = "gaussian", n_jobs: int = 1,
+                     maps: np.ndarray | None = None, distance: np.ndarray | None = None,
+                     sphere: np.ndarray | None = None, geodesic: bool = False,
+                     wall: dict | None = None) -> CalibrationResult:
+    """False-positive rates of the spatial nulls and the naive shuffle on unrelated smooth map pairs.
 
-    Each pair is two independent smooth Gaussian fields on the parcel centroids (so any correlation is chance);
-    the rate of p < ``alpha`` should be close to ``alpha`` for a calibrated null. Confidence intervals are
-    Clopper-Pearson 95 %. Methods: ``surrogates_per_hemisphere`` or ``surrogates_whole_brain`` (the mode of
-    ``settings``; with ``both_hemisphere_modes`` the other mode too, where the parcels allow it; the row of
-    ``settings`` has ``configured`` true) and ``naive_parcel_shuffle``; ``other_methods`` (e.g. ``["brainsmash"]``)
-    adds the same modes made with another surrogate method (``moran_*`` / ``surrogates_*`` rows).
+    Each pair is two independent smooth maps (so any correlation is chance); the rate of p < ``alpha`` should be
+    close to ``alpha`` for a calibrated null. Confidence intervals are Clopper-Pearson 95 %. The maps are Gaussian
+    random fields on the parcel centroids ``xyz`` (Euclidean covariance), or ``maps`` (2 n_pairs x parcels, e.g.
+    fields on the cortical surface averaged in parcels); ``distance`` replaces the Euclidean centroid distances
+    (``geodesic``: surface distances, within hemispheres). Methods: the configured ``settings`` first (its row has
+    ``configured`` true); with ``both_hemisphere_modes`` the other hemisphere mode too, where the parcels allow it;
+    ``other_methods`` (moran, brainsmash, spin_vasa, spin_hungarian) add those nulls; ``naive_parcel_shuffle`` last.
+    Spin tests draw each pair's ``n_null`` resamplings from one pool of spins of the parcellation (made once:
+    spins depend on the parcellation only), which needs ``sphere`` centroids (and ``wall`` for ``spin``).
     """
     from dataclasses import replace
 
-    n = int(np.asarray(xyz).shape[0])
+    from bids_ketamine.connectivity.spatial_nulls import spin_permutations
+
+    n = int(np.asarray(maps).shape[1] if maps is not None else np.asarray(xyz).shape[0])
     variants = [settings]
     if both_hemisphere_modes:
-        other = replace(settings, per_hemisphere=not settings.per_hemisphere)
-        if _mode_name(other, hemispheres, n) != _mode_name(settings, hemispheres, n):
-            variants.append(other)
+        variants.append(replace(settings, per_hemisphere=not settings.per_hemisphere))
     for method in other_methods:
         if method != settings.method:
             variants += [replace(v, method=method) for v in list(variants) if v.method == settings.method]
-    names = [_mode_name(v, hemispheres, n) for v in variants]
+    unique: dict[str, SurrogateSettings] = {}
+    for v in variants:
+        unique.setdefault(_mode_name(v, hemispheres, n, geodesic), v)
+    names, variants = list(unique), list(unique.values())
     rng = np.random.default_rng(seed)
-    maps = smooth_random_maps(xyz, 2 * n_pairs, length_mm=length_mm, rng=rng, covariance=covariance)
-    distance = distance_matrix(xyz)
-    pair_seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_pairs)]
-    args = [(maps[2 * i], maps[2 * i + 1], distance, hemispheres, n_null, pair_seeds[i], tuple(variants))
+    if maps is None:
+        maps = smooth_random_maps(xyz, 2 * n_pairs, length_mm=length_mm, rng=rng, covariance=covariance)
+    maps = np.asarray(maps, dtype=float)
+    if maps.shape[0] < 2 * n_pairs:
+        raise ValueError(f"{maps.shape[0]} maps for {n_pairs} pairs")
+    if distance is None and any(v.method not in SPIN_METHODS for v in variants):
+        distance = distance_matrix(xyz)
+    spin_pools = {}
+    for v in variants:
+        if v.method in SPIN_METHODS and v.method not in spin_pools:
+            if sphere is None or hemispheres is None:
+                raise ValueError("spin tests need parcel centroids on the sphere and their hemispheres")
+            spin_pools[v.method] = spin_permutations(sphere, hemispheres, n_spins=max(500, 5 * n_null),
+                                                     seed=int(np.random.SeedSequence([seed, 7]).generate_state(1)[0]),
+                                                     method=SPIN_ASSIGNMENT[v.method], wall=wall)
+    pair_seeds = [int(x) for x in np.random.SeedSequence(seed).generate_state(n_pairs)]
+    args = [(maps[2 * i], maps[2 * i + 1], distance, hemispheres, n_null, pair_seeds[i], tuple(variants), spin_pools)
             for i in range(n_pairs)]
     if n_jobs == 1:
         results = [_calibration_pair(*a) for a in args]
@@ -439,30 +571,57 @@ def cached_null_calibration(xyz: np.ndarray, *, cache_dir: str | os.PathLike | N
 
     Why a cache: the calibration depends only on the atlas (centroids, hemispheres), the settings and the seed,
     not on the data, so a re-run of the group level (new subjects, other drugs) reuses it. The per-pair p values
-    are stored as JSON (floats round-trip exactly) and the table is recomputed from them.
+    are stored as JSON (floats round-trip exactly) and the table is recomputed from them. ``maps`` may be a
+    callable that makes the maps (called only when the cache misses), identified in the key by ``maps_key``.
     """
-    if cache_dir is None:
-        return null_calibration(xyz, **kwargs)
     import json
 
+    maker = kwargs.get("maps")
+    maps_key = kwargs.pop("maps_key", None)
+    n_maps_parcels = kwargs.pop("n_parcels", None)
+    if callable(maker):
+        if maps_key is None:
+            raise ValueError("a callable maps needs a maps_key for the cache")
+        kwargs = {k: v for k, v in kwargs.items() if k != "maps"}
+
+    def compute() -> CalibrationResult:
+        extra = {"maps": maker()} if callable(maker) else {}
+        return null_calibration(xyz, **kwargs, **extra)
+
+    if cache_dir is None:
+        return compute()
+
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(xyz, dtype=float).tobytes())
+    _hash_arrays(digest, None if xyz is None else np.asarray(xyz, dtype=float))
     settings = kwargs.get("settings", SurrogateSettings())
     hemis = kwargs.get("hemispheres")
-    record = {k: v for k, v in kwargs.items() if k not in ("settings", "hemispheres", "n_jobs")}
+    arrays = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    arrays.update({f"{k}/{h}": np.asarray(a) for k, v in kwargs.items() if isinstance(v, dict)
+                   for h, a in sorted(v.items())})
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        _hash_arrays(digest, arrays[key])
+    arrays.update({k: v for k, v in kwargs.items() if isinstance(v, dict)})
+    record = {k: v for k, v in kwargs.items()
+              if k not in ("settings", "hemispheres", "n_jobs") and k not in arrays}
     digest.update(repr((sorted(record.items()), asdict(settings),
-                        list(hemis) if hemis is not None else None)).encode())
+                        list(hemis) if hemis is not None else None, maps_key)).encode())
     path = Path(cache_dir) / f"nullcalibration_{digest.hexdigest()[:24]}.json"
     defaults = {"n_null": 500, "length_mm": 30.0, "alpha": 0.05}
     opts = {k: kwargs.get(k, v) for k, v in defaults.items()}
     if path.is_file():
         try:
             pairs = pd.DataFrame(json.loads(path.read_text()))
-            return CalibrationResult(table=calibration_table(pairs, n_parcels=int(np.asarray(xyz).shape[0]),
-                                                             **opts), pairs=pairs)
+            if n_maps_parcels is not None:
+                n_parcels = int(n_maps_parcels)
+            elif kwargs.get("maps") is not None:
+                n_parcels = int(np.asarray(kwargs["maps"]).shape[1])
+            else:
+                n_parcels = int(np.asarray(xyz).shape[0])
+            return CalibrationResult(table=calibration_table(pairs, n_parcels=n_parcels, **opts), pairs=pairs)
         except (ValueError, KeyError):  # a damaged cache file is recomputed
             pass
-    result = null_calibration(xyz, **kwargs)
+    result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".nullcalibration_", suffix=".json", dir=path.parent)
     os.close(fd)

@@ -32,9 +32,19 @@ class ConnectivityParams(BaseModel):
                                                        "significant PC; all PCs are in the tables)")
     # ---- dimensionality
     dimensionality_subsample_size: int | None = Field(None, ge=2, description="subjects per subsample for the "
-                                                      "participation ratio; None: the smallest drug group "
-                                                      "(published: 22)")
-    dimensionality_n_subsamples: int = Field(1000, ge=2, description="random subsamples per drug")
+                                                      "equal-n participation ratio; None: one below the smallest "
+                                                      "drug group, so its subsamples differ (published: 22)")
+    dimensionality_n_subsamples: int = Field(1000, ge=1, description="subsamples describing each drug (all of "
+                                                                     "them, once each, when fewer exist)")
+    dimensionality_n_permutations: int = Field(5000, ge=0, description="reassignments of subjects between two "
+                                               "drugs' pools in the permutation test of their PR difference")
+    dimensionality_test_subsamples: int = Field(200, ge=1, description="subsamples defining the equal-n PR "
+                                                "inside the permutation test and the jackknife (recomputed for "
+                                                "every permutation)")
+    dimensionality_subsample_anova: bool = Field(False, description="also write the published one-way ANOVA and "
+                                                 "t-tests over subsample PRs, labelled descriptive: subsamples "
+                                                 "reuse subjects, so their p-values count subsamples, not "
+                                                 "subjects, and are never the inference")
     # ---- genes
     gene_table: Path | None = Field(None, description="TSV: column 'parcel' (or 'name') with atlas parcel names, "
                                                       "one column per gene")
@@ -49,13 +59,21 @@ class ConnectivityParams(BaseModel):
                                                        "(published: 100,000)")
     n_naive_shuffles: int = Field(10000, ge=0, description="parcel shuffles of the naive null reported for "
                                                            "comparison (0: off)")
-    surrogate_method: Literal["moran", "brainsmash"] = Field(
-        "moran", description="spatial null of the gene tests: 'moran' (Moran spectral randomisation: random sign "
-        "flips of the map's coefficients on the Moran eigenvectors of inverse-distance weights; keeps the map's "
-        "Moran spectrum exactly) or 'brainsmash' (variogram matching, Burt et al. 2020; the published tool). "
-        "Default 'moran' from the calibration benchmark: on unrelated smooth maps it rejected at p < 0.05 in "
-        "3.9-6.1 % of pairs over 10 map sets (68 and 360 cortical parcels; nominal 4.5 %), brainsmash in "
-        "4-11 % on the default atlas, at a few hundred times the cost")
+    surrogate_method: Literal["auto", "moran", "brainsmash", "spin", "spin_vasa", "spin_hungarian"] = Field(
+        "auto", description="primary spatial null of the gene tests. 'auto': 'spin' on surface (fsLR) "
+        "parcellations, 'moran' on volumetric atlases. 'spin': parcel centroids rotated on the fsLR sphere "
+        "(Alexander-Bloch et al. 2018), each parcel taking the value of the nearest rotated parcel, the medial wall "
+        "rotating along (parcels it lands on are left out of that spin); 'spin_vasa' / 'spin_hungarian': the same "
+        "rotations with a one-to-one assignment (Vasa et al. 2018; Hungarian); 'moran': Moran spectral "
+        "randomisation (geodesic distances on surfaces, Euclidean between volume centroids); 'brainsmash': "
+        "variogram matching (Burt et al. 2020). Default from the calibration on real-shaped maps at 360 fsLR "
+        "parcels (benchmarks/bench_surface_nulls.py: 500 pairs of unrelated smooth cortical maps per diffusion "
+        "length 15, 30, 60 mm): 'spin' rejected at p < 0.05 in 4.8 % of pairs at each length (95 % CI 3.1-7.1 %), "
+        "'spin_vasa' 10.2-12.0 %, 'spin_hungarian' 7.8-8.0 %, geodesic Moran 8.4-14.4 %, the naive shuffle "
+        "35-74 %; on volumetric atlases Moran whole-brain at 3.9-6.1 %, brainsmash 4-11 %")
+    gene_other_nulls: list[Literal["moran", "brainsmash", "spin", "spin_vasa", "spin_hungarian"]] | None = Field(
+        None, description="nulls whose p-values the gene tables report beside the primary one (None: 'spin_vasa' "
+                          "and 'moran' on surface parcellations, none on volumetric atlases)")
     surrogate_per_hemisphere: bool = Field(False, description="generate surrogates per hemisphere where every "
                                            "parcel is L or R (the published choice). Off by default: it loses the "
                                            "coupling between the hemispheres that smooth maps have, and rejected "
@@ -81,11 +99,18 @@ class ConnectivityParams(BaseModel):
     null_calibration_n_null: int = Field(199, ge=19, description="surrogates / shuffles per calibration pair")
     null_calibration_both_modes: bool = Field(True, description="calibrate per-hemisphere and whole-brain "
                                                                 "surrogates side by side (where the atlas allows)")
-    null_calibration_other_methods: list[Literal["moran", "brainsmash"]] = Field(
-        [], description="surrogate methods calibrated next to surrogate_method (brainsmash costs about 1 s per "
-                        "pair at 68 parcels)")
-    null_calibration_length_mm: float = Field(30.0, gt=0, description="smoothness (Gaussian length scale, mm) "
-                                                                      "of the calibration maps")
+    null_calibration_other_methods: list[Literal["moran", "brainsmash", "spin", "spin_vasa",
+                                                 "spin_hungarian"]] | None = Field(
+        None, description="nulls calibrated next to the primary one (None: every cheap null offered for the "
+                          "parcellation: spin, spin_vasa, spin_hungarian and moran on surfaces, moran on volumes; "
+                          "brainsmash costs about 1 s per pair at 68 parcels and runs only when listed)")
+    null_calibration_length_mm: float = Field(30.0, gt=0, description="smoothness of the calibration maps (mm): "
+                                              "the Gaussian length scale of random fields on volume centroids, or "
+                                              "the diffusion length of random fields on the fsLR cortex")
+    # ---- imported maps
+    parcel_aliases: Path | None = Field(None, description="TSV with columns 'alias' (a parcel name used in the "
+                                        "delta maps) and 'parcel' (the atlas's name for it): maps whose parcels "
+                                        "are named another way are translated before matching")
 
     @model_validator(mode="after")
     def _one_gene_source(self) -> "ConnectivityParams":

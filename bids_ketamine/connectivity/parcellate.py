@@ -276,15 +276,21 @@ def cifti_label_table(dlabel_path: str | Path) -> tuple[np.ndarray, dict[int, st
     return keys, table, brain_axis
 
 
-def parcel_timeseries_cifti(dtseries_path: str | Path, dlabel_path: str | Path,
-                            min_grayordinates: int = 1) -> ParcelSeries:
-    """Parcel means of a CIFTI dense time series under a CIFTI dense label parcellation (matched by grayordinate)."""
+def parcel_timeseries_cifti(dtseries_path: str | Path, dlabel, min_grayordinates: int = 1) -> ParcelSeries:
+    """Parcel means of a CIFTI dense time series under a dense label parcellation (matched by grayordinate):
+    ``dlabel`` is a .dlabel.nii path or a surface parcellation (:class:`bids_ketamine.surface_atlas.SurfaceAtlas`).
+    Parcels with no grayordinate in the parcellation (the built-in CAB-NP's subcortex) are not part of the result."""
     import nibabel as nib
 
     img = nib.load(str(dtseries_path))
     brain = img.header.get_axis(1)
     data = np.asarray(img.dataobj, dtype=np.float32)  # frames x grayordinates; 91k x T is small
-    label_keys, table, label_brain = cifti_label_table(dlabel_path)
+    if hasattr(dlabel, "label_table"):
+        label_keys, table, label_brain = dlabel.label_table()
+        present = set(np.unique(label_keys)) - {0}
+        table = {k: v for k, v in table.items() if k in present}
+    else:
+        label_keys, table, label_brain = cifti_label_table(dlabel)
     data_keys = _grayordinate_keys(brain)
     position = {k: i for i, k in enumerate(_grayordinate_keys(label_brain))}
     idx = np.array([position.get(k, -1) for k in data_keys])

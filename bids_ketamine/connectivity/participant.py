@@ -137,24 +137,32 @@ FD_FROM_MOTION = ("computed from trans_x..rot_z of the confounds file (Power et 
 
 @dataclass
 class Parcellation:
-    """The atlas actually used: a volumetric Atlas (labels) or a CIFTI dlabel path."""
+    """The atlas actually used: a volumetric Atlas, or a surface parcellation on fsLR grayordinates."""
 
     name: str
     source: str
     atlas: Any = None
-    dlabel: Path | None = None
+    surface: Any = None
 
     @property
     def labels(self) -> pd.DataFrame | None:
-        return None if self.atlas is None else self.atlas.labels
+        if self.atlas is not None:
+            return self.atlas.labels
+        return None if self.surface is None else self.surface.labels
+
+    @property
+    def dlabel(self) -> Any:
+        """What CIFTI time series are matched against (the surface parcellation), or None for a volume atlas."""
+        return self.surface
 
 
 def load_parcellation(params: ConnectivityParticipantParams) -> Parcellation:
     if params.space == "fsLR":
-        path = Path(params.cifti_dlabel)
-        if not path.exists():
-            raise MissingInputError("CIFTI parcellation not found", path=path, fix="give an existing .dlabel.nii")
-        return Parcellation(name=entity_label(path.name.split(".")[0]), source=str(path), dlabel=path)
+        from bids_ketamine.surface_atlas import load_surface_atlas
+
+        spec = list(params.gifti_labels) if params.gifti_labels else str(params.cifti_dlabel)
+        surface = load_surface_atlas(spec)
+        return Parcellation(name=entity_label(surface.name), source=surface.source, surface=surface)
     from bids_ketamine.atlas import load_atlas, load_default_atlas
 
     atlas = (load_default_atlas() if params.atlas_nifti is None
@@ -522,25 +530,32 @@ def participant_figures(subject: str, results: list[RunResult], sessions: list[S
     centroids = None
     if parcellation.atlas is not None:
         centroids = parcellation.atlas.centroids_mm()
+
+    def draw(values, names, *, label, title, vmax=None):
+        if parcellation.surface is not None and parcellation.surface.on_fslr32k:  # on the inflated fsLR surface
+            from bids_ketamine.connectivity.surface_figures import parcel_vertex_values, surface_map_figure
+
+            return surface_map_figure(parcel_vertex_values(parcellation.surface, names, values), title=title,
+                                      label=label, vmax=vmax)
+        xyz = None if centroids is None else centroids.loc[names].to_numpy()
+        return figs.parcel_map_figure(values, centroids_mm=xyz, vmax=vmax, names=names, label=label, title=title)
+
     usable = [s for s in sessions if not s.excluded]
     if usable:
         limit = max(float(np.nanmax(np.abs(s.gbc))) for s in usable)
         for s in usable:
-            xyz = None if centroids is None else centroids.loc[s.names].to_numpy()
             tasks = {r.run.task for r in s.runs}
-            figures.append((figs.parcel_map_figure(
-                s.gbc, centroids_mm=xyz, vmax=limit, names=s.names, label="GBC (mean Fisher z)",
+            figures.append((draw(
+                s.gbc, s.names, vmax=limit, label="GBC (mean Fisher z)",
                 title=f"ses-{s.session} ({s.condition}): GBC, Fisher z"),
                 {"sub": subject, "ses": s.session, "task": tasks.pop() if len(tasks) == 1 else None, "space": space,
                  "atlas": parcellation.name}, "gbc"))
     maps, _ = delta_maps(sessions, placebo)
     if maps:
         names = usable[0].names
-        xyz = None if centroids is None else centroids.loc[names].to_numpy()
         for drug, delta in maps.items():
-            figures.append((figs.parcel_map_figure(
-                delta, centroids_mm=xyz, names=names, label="delta GBC (Fisher z)",
-                title=f"{drug} - {placebo}: delta-GBC, Fisher z"),
+            figures.append((draw(
+                delta, names, label="delta GBC (Fisher z)", title=f"{drug} - {placebo}: delta-GBC, Fisher z"),
                 {"sub": subject, "desc": f"{condition_label(drug)}minusplacebo"}, "gbc"))
     return figures
 

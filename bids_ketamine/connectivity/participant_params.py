@@ -29,8 +29,14 @@ class ConnectivityParticipantParams(BaseModel):
     atlas_nifti: Path | None = Field(None, description="user atlas (integer NIfTI in MNI space); None: the "
                                                        "default atlas shipped with the install")
     atlas_labels: Path | None = Field(None, description="labels TSV of the user atlas (columns index, name)")
-    cifti_dlabel: Path | None = Field(None, description="CIFTI dlabel parcellation on the fsLR 91k grayordinates; "
-                                                        "needed to use space-fsLR_den-91k dtseries BOLD")
+    cifti_dlabel: Path | None = Field(None, description="surface parcellation on the fsLR grayordinates: a CIFTI "
+                                                        ".dlabel.nii, or a built-in one ('Glasser': HCP MMP 1.0, "
+                                                        "360 parcels; 'CABNP': Cole-Anticevic network partition, "
+                                                        "718 parcels); needed for space-fsLR dtseries BOLD, and read "
+                                                        "by the group level")
+    gifti_labels: list[Path] | None = Field(None, min_length=2, max_length=2,
+                                            description="surface parcellation as a pair of fsLR 32k .label.gii "
+                                                        "files [left, right] (instead of cifti_dlabel)")
     space: Literal["MNI", "fsLR"] = Field("MNI", description="which fMRIPrep output to parcellate: volumetric "
                                                               "MNI BOLD, or CIFTI fsLR (needs cifti_dlabel)")
     min_parcel_voxels: int = Field(1, ge=1, description="a parcel with fewer voxels inside the brain mask is an "
@@ -43,6 +49,9 @@ class ConnectivityParticipantParams(BaseModel):
     def _atlas_pair(self) -> "ConnectivityParticipantParams":
         if (self.atlas_nifti is None) != (self.atlas_labels is None):
             raise ValueError("give atlas_nifti and atlas_labels together (or neither for the default atlas)")
-        if self.space == "fsLR" and self.cifti_dlabel is None:
-            raise ValueError("space 'fsLR' needs cifti_dlabel (a .dlabel.nii on the 91k grayordinates)")
+        if self.space == "fsLR" and self.cifti_dlabel is None and not self.gifti_labels:
+            raise ValueError("space 'fsLR' needs cifti_dlabel (a .dlabel.nii on the fsLR grayordinates, or 'Glasser' "
+                             "/ 'CABNP') or gifti_labels")
+        if self.cifti_dlabel is not None and self.gifti_labels:
+            raise ValueError("give cifti_dlabel or gifti_labels, not both")
         return self

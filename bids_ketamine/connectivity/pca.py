@@ -175,6 +175,13 @@ def subject_scores(delta: np.ndarray, maps: np.ndarray) -> np.ndarray:
     return r
 
 
+def projection_scores(delta: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """The paper's projection scores: each subject's parcel-centred map projected on each unit-norm PC loading
+    (subjects x components, in the maps' units). Unlike the correlation scores they keep how strongly a subject
+    expresses a component (their variance across subjects is the PC's eigenvalue times n - 1 over n - 1)."""
+    return centre_parcels(delta) @ np.asarray(components, dtype=float).T
+
+
 @dataclass(frozen=True)
 class DeltaPCA:
     """Everything the group level reports for one drug; arrays are indexed like ``parcels`` / ``subjects``."""
@@ -186,6 +193,7 @@ class DeltaPCA:
     components: np.ndarray      # unit-norm loadings, oriented (components x parcels)
     maps_z: np.ndarray          # components z-scored across parcels
     scores: np.ndarray          # subjects x components, Pearson r
+    projections: np.ndarray     # subjects x components, centred map projected on the unit-norm loadings
     mean_map: np.ndarray        # mean delta map across subjects
     null: np.ndarray            # shuffles x components, explained-variance ratios
     significance: Significance
@@ -220,7 +228,7 @@ def delta_pca(delta: np.ndarray, *, n_shuffles: int = 5000, percentile: float = 
         parcels=list(parcels) if parcels is not None else [f"parcel{i}" for i in range(p)],
         subjects=list(subjects) if subjects is not None else [f"subject{i}" for i in range(n)],
         eigenvalues=eigenvalues, explained_variance_ratio=ratio, components=components, maps_z=maps_z,
-        scores=subject_scores(delta, maps_z), mean_map=delta.mean(axis=0), null=null, significance=sig,
+        scores=subject_scores(delta, maps_z), projections=projection_scores(delta, components), mean_map=delta.mean(axis=0), null=null, significance=sig,
         n_shuffles=n_shuffles, percentile=percentile, seed=seed,
     )
 

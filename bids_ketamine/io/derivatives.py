@@ -24,7 +24,7 @@ from bids_ketamine.errors import TemporaryFailure
 
 #: Order of entities in file names (BIDS order, then the derivative entities we use).
 ENTITY_ORDER = (
-    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "cohort", "res", "den", "atlas",
+    "sub", "ses", "task", "acq", "nuc", "voi", "ce", "rec", "dir", "run", "echo", "space", "cohort", "res", "den", "atlas",
     "seg", "roi", "label", "hemi", "model", "stat", "contrast", "block", "desc",
 )
 #: Patterns of our result tables and files that the BIDS specification does not define (see .bidsignore).
@@ -325,12 +325,14 @@ class DerivativesWriter:
         datatype: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        extension: str = ".nii.gz",
     ) -> Path:
-        """Write a nibabel image as ``.nii.gz`` with a provenance sidecar."""
-        rel = self.relpath(entities, suffix, ".nii.gz", datatype)
+        """Write a nibabel image as ``.nii.gz`` (or ``extension``, e.g. ``.dscalar.nii`` for CIFTI) with a
+        provenance sidecar."""
+        rel = self.relpath(entities, suffix, extension, datatype)
         target = self._target(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".nii.gz", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=extension, dir=target.parent)
         os.close(fd)
         try:
             img.to_filename(tmp)
@@ -342,7 +344,7 @@ class DerivativesWriter:
         sidecar = self._provenance(sources, parameters)
         if metadata:
             sidecar.update(metadata)
-        atomic_write_text(target.with_name(target.name[: -len(".nii.gz")] + ".json"), dumps_json(sidecar))
+        atomic_write_text(target.with_name(target.name[: -len(extension)] + ".json"), dumps_json(sidecar))
         return self.root / rel
 
     def write_json(self, obj: Mapping[str, Any], *, entities: Mapping[str, str | None], suffix: str,

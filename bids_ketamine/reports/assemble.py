@@ -143,8 +143,30 @@ def column_block(folder: OutputFolder, rule, tables: list[Path]) -> Block | None
             body.append(f"{header[i]} = {', '.join(values)}" if 0 < len(values) <= 3 else
                         f"{header[i]}: one value per row ({len(rows)} rows)")
         body.append(f"from {rel}")
+        failed = qc_failure_lines(header, rows)
+        if failed:  # a fit that failed QC is shown first, in red (css class qcfailed)
+            return Block("list", rule.caption, rel, failed + body, extra={"key": rule.key, "css": "qcfailed"})
         return Block("list", rule.caption, rel, body, extra={"key": rule.key})
     return None
+
+
+def qc_failure_lines(header: list[str], rows: list[list[str]]) -> list[str]:
+    """'QC FAILED' lines for a table with ``spectrum_qc_pass`` (else ``qc_pass``) false, with the reasons."""
+    col = next((c for c in ("spectrum_qc_pass", "qc_pass") if c in header), None)
+    if col is None:
+        return []
+    i = header.index(col)
+    j = header.index("qc_reason") if "qc_reason" in header else None
+    bad = [r for r in rows if len(r) == len(header) and r[i].strip().lower() == "false"]
+    if not bad:
+        return []
+    reasons = list(dict.fromkeys(r[j] for r in bad if j is not None and r[j] not in ("", "n/a")))
+    n, what = len(bad), "rows failed QC"
+    if col == "spectrum_qc_pass":
+        b = header.index("block") if "block" in header else None
+        n = len({r[b] for r in bad}) if b is not None else n
+        what = "spectra failed QC"
+    return [f"QC FAILED: {n} {what}" + (f": {'; '.join(reasons[:5])}" if reasons else "")]
 
 
 def _gallery(blocks: list[Block]) -> list[Block]:

@@ -62,6 +62,11 @@ REFERENCES = {
     "wagner2015": "Wagner, H. H., Dray, S. (2015). Generating spatially constrained null models for irregularly "
                   "spaced data using Moran spectral randomization methods. Methods in Ecology and Evolution "
                   "6(10):1169-1178. doi:10.1111/2041-210X.12407",
+    "alexanderbloch2018": "Alexander-Bloch, A. F., et al. (2018). On testing for spatial correspondence between maps "
+                          "of human brain structure and function. NeuroImage 178:540-551. "
+                          "doi:10.1016/j.neuroimage.2018.05.070",
+    "vasa2018": "Vasa, F., et al. (2018). Adolescent tuning of association cortex in human structural brain networks. "
+                "Cerebral Cortex 28(1):281-294. doi:10.1093/cercor/bhx249",
     "abagen": "Markello, R. D., et al. (2021). Standardizing workflows in imaging transcriptomics with the abagen "
               "toolbox. eLife 10:e72129. doi:10.7554/eLife.72129",
     "ahba": "Hawrylycz, M. J., et al. (2012). An anatomically comprehensive atlas of the adult human brain "
@@ -247,7 +252,9 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
     hp = p.get("high_pass_hz")
     gsr = p.get("global_signal_regression")
     space = p.text("space")
-    paras = [_join([
+    total, supplied = p.get("maps_total"), p.get("maps_supplied")
+    all_supplied = isinstance(total, int) and isinstance(supplied, int) and total > 0 and supplied == total
+    paras = [] if all_supplied else [_join([
         "Resting-state BOLD runs preprocessed by fMRIPrep" + (f" ({space} space)" if space else "") + " were "
         "analysed following Moujaes, Ji et al. [moujaes2024].",
         "Frames were censored when framewise displacement [power2012] exceeded " + (fd or "the threshold")
@@ -265,11 +272,15 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
         "parcel was its mean z with all other parcels, and each subject's delta-GBC map was GBC under the drug "
         "minus GBC under placebo.",
     ])]
+    supplied_text = _supplied_maps_text(p)
+    if supplied_text:
+        paras.append(supplied_text)
     if ran_group:
         shuffles = p.text("n_shuffles", "n_permutations", "shuffles")
         pct = p.text("significance_percentile")
         subsample = p.text("dimensionality_subsample_size", "subsample_size", "pr_subsample_size")
         n_sub = p.text("dimensionality_n_subsamples", "n_subsamples", "pr_subsamples")
+        perms_dim = p.text("dimensionality_n_permutations")
         surrogates = p.text("n_surrogates", "surrogates")
         genes_configured = p.get("gene_table") not in (None, "") or p.get("ahba_dir") not in (None, "")
         fdr = p.text("fdr_alpha")
@@ -279,16 +290,20 @@ def _connectivity_text(p: _Lookup, ran_group: bool) -> list[str]:
             + (f"{pct}th" if pct else "95th") + " percentile of the explained variance at the same rank over "
             + (f"{shuffles} " if shuffles else "") + "data sets in which each subject's parcel values were "
             "shuffled independently.",
-            "Subject scores were Pearson correlations between each subject's map and each component map; maps are "
+            "Subject scores were Pearson correlations between each subject's map and each component map, and "
+            "projections of each subject's centred map on the component loadings; maps are "
             "shown z-scored across parcels (component signs are arbitrary).",
             "Effective dimensionality per drug was the participation ratio (sum λ)² / sum λ² of the covariance "
-            "eigenvalues on " + (f"{n_sub} " if n_sub else "") + "random subsamples"
+            "eigenvalues, averaged over " + (f"up to {n_sub} " if n_sub else "") + "subsamples"
             + (f" of {subsample} subjects" if subsample and subsample != "none" else
-               " of the size of the smallest drug group") + ", compared across drugs by one-way ANOVA with "
-            "Bonferroni-corrected post hoc tests.",
+               " of one subject fewer than the smallest drug group") + " (every distinct subsample once when fewer "
+            "exist). Drugs were compared by permutation tests with subjects as units (subjects reassigned between "
+            "the two drugs' pools at the observed group sizes" + (f", {perms_dim} permutations" if perms_dim else "")
+            + "), Holm-corrected across drug pairs, with delete-one jackknife 95 % intervals over subjects; an ANOVA "
+            "over subsample values was not used for inference because subsamples reuse the same subjects.",
             ("Component maps were correlated with " + _gene_source_text(p) + " and tested against "
              + (f"{surrogates} " if surrogates else "")
-             + "spatially autocorrelated surrogate maps (" + _surrogate_text(p) + "), with false discovery rate "
+             + "spatially autocorrelated null maps (" + _surrogate_text(p) + "), with false discovery rate "
              "control across genes [bh]" + (f" at {fdr}" if fdr else "") + ".") if genes_configured else None,
         ]))
     return paras
@@ -308,32 +323,152 @@ def _gene_source_text(p: _Lookup) -> str:
     return f"{where}gene expression (Allen Human Brain Atlas [ahba], via abagen [abagen])"
 
 
-def _surrogate_text(p: _Lookup) -> str:
-    """How the gene tests' spatial null was made, from the run's surrogate_method and per-hemisphere setting."""
-    method = p.get("surrogate_method") or "moran"
-    where = "generated per hemisphere" if p.get("surrogate_per_hemisphere") else "generated over the whole brain"
+_NULL_TEXTS = {
+    "spin": "spin test: parcel centroids rotated on the fsLR sphere, each parcel taking the value of the nearest "
+            "rotated parcel, parcels the rotated medial wall lands on left out [alexanderbloch2018]",
+    "spin_vasa": "spin test with a one-to-one parcel assignment [alexanderbloch2018, vasa2018]",
+    "spin_hungarian": "spin test with the least-distance one-to-one assignment [alexanderbloch2018]",
+}
+
+
+def _one_null_text(method: str, p: _Lookup, geodesic: bool) -> str:
+    if method in _NULL_TEXTS:
+        return _NULL_TEXTS[method]
+    if geodesic:
+        distances = "geodesic distances along the fsLR midthickness cortex, within hemispheres"
+        where = "generated per hemisphere"
+    else:
+        distances = "parcel centroids"
+        where = "generated per hemisphere" if p.get("surrogate_per_hemisphere") else "generated over the whole brain"
     if method == "brainsmash":
-        return f"variogram-matched surrogates, BrainSMASH [brainsmash], {where}"
-    return (f"Moran spectral randomisation on inverse-distance weights between parcel centroids [wagner2015], "
+        return f"variogram-matched surrogates, BrainSMASH [brainsmash], on {distances}, {where}"
+    return (f"Moran spectral randomisation on inverse-distance weights between {distances} [wagner2015], "
             f"{where}")
 
 
+def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
+    """What the participants' spectroscopy sidecars (``*_mrsfit.json``) say was done, pooled over acquisitions.
+
+    The methods text states these, not the configured parameters: a static single average was not averaged in
+    blocks, a basis with its own macromolecules was not given the app's MM model, a single transient was not
+    aligned. Each value is the set of what the acquisitions recorded (one element when all agree).
+    """
+    record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
+                                                 "lipids", "water_removal", "priors", "sign")}
+    for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsfit.json")):
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        pre = data.get("Preprocessing") or {}
+        if pre:
+            record["averaging"].add(pre.get("Averaging"))
+            record["ecc"].add(pre.get("EddyCurrentCorrection"))
+            record["aligned"].add(bool(pre.get("Aligned")))
+            record["screen"].add(bool(pre.get("TransientScreen")))
+        if data.get("Macromolecules"):
+            record["macromolecules"].add(data["Macromolecules"])
+        record["lipids"].add(any(str(n).startswith("Lip") for n in data.get("FittedComponents") or []))
+        removal = [r for r in data.get("ResidualWaterRemoval") or [] if r]
+        record["water_removal"].add(removal[0].get("Method") if removal else None)
+        record["priors"].add(bool(data.get("RatioPriors")))
+        sign = data.get("SignConvention") or {}
+        if sign:
+            record["sign"].add(sign.get("Decision"))
+    return record
+
+
+def _some(values: set, value: Any) -> str | None:
+    """'' when every acquisition did it, ' for some acquisitions' when only some did, None when none did."""
+    if value not in values:
+        return None
+    return "" if values == {value} else " (for some acquisitions)"
+
+
+def _surrogate_text(p: _Lookup) -> str:
+    """How the gene tests' spatial nulls were made: the primary null the run resolved (``Resolved`` in the group
+    sidecars, e.g. the spin test on a surface parcellation) and the others reported beside it; else the configured
+    surrogate_method."""
+    primary = p.get("gene_primary_null")
+    geodesic = p.get("gene_distances") == "geodesic"
+    if primary:
+        others = [m for m in (p.get("gene_nulls") or []) if m != primary]
+        text = "primary inference: " + _one_null_text(str(primary), p, geodesic)
+        if others:
+            text += "; p-values under " + "; ".join(_one_null_text(str(m), p, geodesic) for m in others) + \
+                    " are reported beside it"
+        return text
+    method = p.get("surrogate_method") or "moran"
+    return _one_null_text("moran" if method == "auto" else str(method), p, False)
+
+
+def _supplied_maps_text(p: _Lookup) -> str | None:
+    """What the methods can say about delta maps that this app did not compute (imported tables)."""
+    total, supplied = p.get("maps_total"), p.get("maps_supplied")
+    if not isinstance(supplied, int) or supplied <= 0:
+        return None
+    provenance = p.get("maps_provenance") or []
+    source = (" Their sidecars describe them as: " + " | ".join(str(x) for x in provenance) + ".") if provenance \
+        else " They carried no provenance sidecar."
+    atlas = p.get("atlas")
+    parcels = f" on the {atlas} parcellation" if atlas else ""
+    if supplied == total:
+        return (f"The {supplied} delta-GBC maps{parcels} were supplied as tables computed outside bids_ketamine "
+                "(GBC under the drug minus GBC under placebo, per parcel); their preprocessing, censoring and "
+                "connectivity estimation are those of their source and were not performed here." + source)
+    return (f"{supplied} of {total} delta-GBC maps{parcels} were supplied as tables computed outside bids_ketamine "
+            "rather than by the steps above." + source)
+
+
 def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
-                       recorded_models: list[str] | None = None) -> list[str]:
+                       recorded_models: list[str] | None = None, record: dict[str, set] | None = None) -> list[str]:
     fmrs = design.get("fmrs") or {}
     block = fmrs.get("block_seconds")
     ppm = p.get("fit.ppm_range", "ppm_range")
     ppm_text = f"{_fmt(ppm[0])}-{_fmt(ppm[1])} ppm" if isinstance(ppm, (list, tuple)) and len(ppm) == 2 else None
     baseline = p.text("fit.baseline", "baseline")
-    mm = p.text("fit.macromolecules")
+    rec = record or {}
     steps = ["coil-combined (weighted SVD)"]
-    if p.get("eddy_current_correction") is not False:
+    for reference in sorted(r for r in rec.get("ecc", set()) if r):
+        steps.append(f"corrected for eddy currents with the {reference}" + (_some(rec["ecc"], reference) or ""))
+    if not rec.get("ecc") and p.get("eddy_current_correction") is not False:
         steps.append("corrected for eddy currents with the water reference")
-    if p.get("align") is not False:
-        steps.append("aligned in frequency and phase by spectral registration [near2015]")
-    if p.get("reject") is not False:
+    if _some(rec.get("aligned", {True}), True) is not None:
+        steps.append("aligned in frequency and phase by spectral registration [near2015]"
+                     + _some(rec.get("aligned", {True}), True))
+    screened = _some(rec.get("screen", {True}), True)
+    if screened is not None and p.get("reject") is not False:
         threshold = p.text("reject_threshold")
-        steps.append("screened for bad transients" + (f" (robust z > {threshold})" if threshold else ""))
+        steps.append("screened for bad transients" + (f" (robust z > {threshold})" if threshold else "") + screened)
+    averaging = rec.get("averaging") or {"timed blocks"}
+    if averaging == {"single average"}:
+        averaged = " and fitted as single averaged spectra (static MRS, no timed blocks)"
+    else:
+        averaged = (" and averaged" + (f" in blocks of {_fmt(block)} s timed from the onset of the "
+                                       f"'{fmrs.get('infusion_trial_type', 'infusion')}' event" if block
+                                       else " in blocks")
+                    + (" (other acquisitions were single averages)" if "single average" in averaging else ""))
+    model_text = []
+    removal = sorted(m for m in rec.get("water_removal", set()) if m)
+    if removal:
+        band = p.get("fit.water_band_ppm", "water_band_ppm")
+        band_text = f" ({_fmt(band[0])}-{_fmt(band[1])} ppm)" if isinstance(band, (list, tuple)) else ""
+        model_text.append(f"residual water{band_text} removed by {', '.join(removal)} before the fit")
+    mm = rec.get("macromolecules") or set()
+    if "model" in mm:
+        model_text.append("macromolecule and lipid signals modelled by Gaussian components at LCModel's positions "
+                          "and widths [provencher1993]" + (_some(mm, "model") or ""))
+    if "basis" in mm:
+        model_text.append("macromolecules taken from the basis set's own components" + (_some(mm, "basis") or "")
+                          + (", with Gaussian lipid components where the spectrum showed lipids"
+                             if True in rec.get("lipids", set()) else ""))
+    if mm == {"none"}:
+        model_text.append("no macromolecule or lipid components")
+    if True in rec.get("priors", set()):
+        model_text.append("soft ratio constraints between those components, as in LCModel")
+    if rec.get("sign"):
+        model_text.append("the spectrum's sign convention decided once per acquisition from the positions of the "
+                          "NAA, creatine and choline singlets after water removal")
     basis_source = p.get("basis.source")
     sequence = p.get("basis.sequence", "sequence")
     basis_text = ("simulated basis spectra [govindaraju2000]" + (f" ({sequence} sequence)" if sequence and
@@ -342,14 +477,16 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                   "basis set")
     crlb = p.text("max_crlb_percent", unit=" %")
     paras = [_join([
-        "Single-voxel ¹H MR spectra stored as NIfTI-MRS [niftimrs] were " + ", ".join(steps) + " and averaged" + (
-            f" in blocks of {_fmt(block)} s timed from the onset of the '{fmrs.get('infusion_trial_type', 'infusion')}'"
-            " event" if block else " in blocks") + ", following consensus recommendations [near2021].",
-        f"Each spectrum or block was fitted with a linear combination [provencher1993] of {basis_text}"
+        "Single-voxel ¹H MR spectra stored as NIfTI-MRS [niftimrs] were " + ", ".join(steps) + averaged
+        + ", following consensus recommendations [near2021].",
+        ("Each spectrum" if averaging == {"single average"} else "Each spectrum or block")
+        + f" was fitted with a linear combination [provencher1993] of {basis_text}"
         + (f" over {ppm_text}" if ppm_text else "")
         + " with Voigt line shapes, frequency shifts, zero- and first-order phase"
-        + (f", a {baseline} baseline" if baseline and baseline != "none" else "")
-        + (f" and macromolecules modelled as '{mm}'" if mm else "") + "; Cramér-Rao lower bounds were computed "
+        + (f" and a {baseline} baseline" + (" whose stiffness was chosen from the data"
+                                             if p.get("fit.baseline_smoothness") in (None, "auto") else "")
+           if baseline and baseline != "none" else "")
+        + ("; " + "; ".join(model_text) if model_text else "") + "; Cramér-Rao lower bounds were computed "
         "from the Fisher information" + (f" (estimates with CRLB above {crlb} flagged)" if crlb else "")
         + ", and Glx (glutamate + glutamine) was expressed relative to total NAA.",
     ])]
@@ -386,7 +523,7 @@ def group_descriptions(folder: OutputFolder, analysis: str, pattern: str) -> lis
 
 
 _TEXTS = {"structural": "Structural prediction of response", "connectivity": "Heterogeneity of the functional "
-          "response (connectivity)", "spectroscopy": "Glutamate during the infusion (functional MRS)"}
+          "response (connectivity)", "spectroscopy": "Glutamate by ¹H MR spectroscopy (static MRS or fMRS)"}
 
 
 def run_analyses(folder: OutputFolder) -> tuple[list[str], set[str], list[str]]:
@@ -497,7 +634,8 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
             paras = _connectivity_text(lookup, analysis in group) + _fd_fallback_text(folder)
         else:
             paras = _spectroscopy_text(lookup, design, analysis in group,
-                                       group_descriptions(folder, "spectroscopy", r"lmm|model"))
+                                       group_descriptions(folder, "spectroscopy", r"lmm|model"),
+                                       spectroscopy_record(folder))
         methods.sections.append((_TEXTS[analysis], paras))
     text = " ".join(p for _, paras in methods.sections for p in paras)
     for key in REFERENCES:

@@ -4,22 +4,34 @@ Model, in the frequency domain over ``FitParams.ppm_range`` (stacked real and im
 
     Y(f) = exp(i (phi0 + 2 pi f tau)) * FFT[ sum_m c_m b_m(t) exp((2 pi i d_g - pi l_g) t - k e_g t^2) ](f) + B(f)
 
-with concentrations ``c_m >= 0``, per line-shape group ``g`` (metabolites, macromolecules) a shift ``d_g`` (Hz),
-an extra Lorentzian FWHM ``l_g`` (Hz) and an extra Gaussian FWHM ``sqrt(e_g)`` (Hz) (``k = pi^2 / (4 ln 2)``), a
-zero-order phase ``phi0`` and a first-order phase written as a delay ``tau``, and a smooth complex baseline ``B``.
+with concentrations ``c_m >= 0``, per line-shape group ``g`` (metabolites, macromolecules, lipids) a shift ``d_g``
+(Hz), an extra Lorentzian FWHM ``l_g`` (Hz) and an extra Gaussian FWHM ``sqrt(e_g)`` (Hz)
+(``k = pi^2 / (4 ln 2)``), a zero-order phase ``phi0`` and a first-order phase written as a delay ``tau``, and a
+smooth complex baseline ``B``.
 
 How it is solved:
+0. The data arrive in the NIfTI-MRS sign convention (decided once per acquisition by
+   :mod:`bids_ketamine.spectroscopy.sign_convention`; the fit never decides it). Residual water is removed by
+   HLSVD (:mod:`.water_removal`); the basis gets the macromolecule and lipid model of :mod:`.macromolecules` when it
+   has none (:func:`prepare_basis`), with LCModel's ratio priors as extra residual rows.
 1. The baseline is eliminated exactly by variable projection (it is linear and penalised: its projector is fixed).
 2. Start: a grid over the common shift and the zero-order phase (and then a few broadenings) where, for each grid
    point, the concentrations are the non-negative least-squares solution (NNLS in Gram form, so a grid point costs
-   microseconds). The same search, run on the conjugated data, decides the sign convention when asked to.
+   microseconds).
 3. Refinement: all concentrations and nonlinear parameters together by ``lmfit.Minimizer`` with
    ``method="least_squares"`` (scipy's bounded trust-region reflective solver) and an analytic Jacobian: each
    model evaluation is a handful of FFTs of the basis (one per line-shape group for the residual, one per component
    for the Jacobian), so no Python loop runs over points.
-4. CRLBs: ``sigma^2 (J^T J)^-1`` with the baseline-projected Jacobian ``J`` at the solution (the Fisher information
-   with the baseline profiled out), ``sigma`` from the fit residual (or a signal-free window); sums such as Glx
-   use the covariance between their members.
+4. Baseline stiffness from the data (``baseline_smoothness="auto"``): at the refined nonlinear parameters, each
+   candidate penalty weight gets its NNLS concentrations and an Akaike score ``N log(RSS / N) + 2 (ED + K)`` with
+   the baseline's effective dimension ``ED`` (trace of its hat matrix); the best weight is refined once more.
+5. CRLBs: ``sigma^2 (J^T J)^-1`` with the baseline-projected Jacobian ``J`` (prior rows included) at the solution,
+   ``sigma`` from the fit residual (or a signal-free window); sums such as Glx use the covariance between members.
+6. QC (:func:`fit_quality`): optimiser not converged, nonlinear parameters at their bounds, tNAA/tCr CRLB, linewidth
+   and SNR limits; every failure is a reason string in ``FitResult.qc_reasons``.
+
+The pieces (:func:`prepare_basis`, :class:`Problem`, :class:`LinearCombinationModel`, :func:`remove_residual_water`)
+are public so a multi-spectrum (dynamic) fit can share them.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from bids_ketamine.spectroscopy.basis import (
     canonical_name,
     combine,
     is_macromolecule,
-    lipid_components,
+    measure_creatine,
     ppm_axis,
 )
 from bids_ketamine.spectroscopy.baseline import (
@@ -49,10 +61,17 @@ from bids_ketamine.spectroscopy.baseline import (
     second_difference,
 )
 from bids_ketamine.spectroscopy.fit_params import FitParams
-from bids_ketamine.spectroscopy.water_removal import band_peak_ratio, water_poles
+from bids_ketamine.spectroscopy.macromolecules import RatioPrior, mm_lipid_basis, priors_for
+from bids_ketamine.spectroscopy.water_removal import WaterRemoval, remove_residual_water
 
 #: Converts a Gaussian FWHM^2 (Hz^2) into the time-domain decay rate of exp(-k e t^2).
 GAUSS_K = np.pi**2 / (4 * np.log(2))
+
+#: A fitted amplitude below this fraction of the largest one is reported as exactly 0 (with CRLB n/a).
+ZERO_FRACTION = 1e-9
+
+#: Fraction of a bound's range within which a nonlinear parameter counts as "at its bound" for QC.
+AT_BOUND = 0.01
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,12 @@ class FitResult:
     n_evaluations: int
     seconds: float
     central_frequency: float
+    #: Fitted spectrum of each nuisance group (``macromolecules``, ``lipids``) over the window, phase corrected.
+    group_spectra: dict = field(default_factory=dict)
+    #: Display range (ppm, ascending) with the data before water removal and the removed water, phase corrected.
+    display: dict = field(default_factory=dict)
+    qc_pass: bool = True
+    qc_reasons: tuple[str, ...] = ()
     extras: dict = field(default_factory=dict)
 
     def concentration(self, name: str) -> float:
@@ -96,13 +121,16 @@ class FitResult:
         return float(self._weights(name) @ self.concentrations)
 
     def crlb(self, name: str) -> float:
-        """Cramer-Rao lower bound (standard deviation) of a component or sum, basis units."""
+        """Cramer-Rao lower bound (standard deviation) of a component or sum, basis units; NaN for a component
+        fitted at zero (its relative bound is undefined)."""
         w = self._weights(name)
+        if self.concentration(name) <= 0:
+            return float("nan")
         return float(np.sqrt(max(w @ self.covariance @ w, 0.0)))
 
     def crlb_percent(self, name: str) -> float:
         c = self.concentration(name)
-        return float(100 * self.crlb(name) / c) if c > 0 else float("inf")
+        return float(100 * self.crlb(name) / c) if c > 0 else float("nan")
 
     def _weights(self, name: str) -> np.ndarray:
         w = np.zeros(len(self.names))
@@ -119,60 +147,26 @@ class FitResult:
         return w
 
     def table(self) -> pd.DataFrame:
-        """One row per component and per sum: concentration, CRLB (SD) and CRLB %."""
+        """One row per component and per sum: concentration, CRLB (SD) and CRLB % (NaN = n/a at zero)."""
         rows = []
         for name in list(self.names) + list(self.sums):
             c, sd = self.concentration(name), self.crlb(name)
             rows.append({"metabolite": name, "concentration": c, "crlb": sd,
-                         "crlb_percent": 100 * sd / c if c > 0 else np.inf,
+                         "crlb_percent": 100 * sd / c if c > 0 else np.nan,
                          "is_sum": name in self.sums})
         return pd.DataFrame(rows)
 
 
-@dataclass
-class _Problem:
-    """Precomputed pieces of one fit: normalised data and basis, axes, baseline projector."""
+@dataclass(frozen=True)
+class PreparedBasis:
+    """The basis a fit uses on the data's grid: selected components plus the macromolecule/lipid model."""
 
-    y: np.ndarray  # complex window of the normalised data spectrum
-    fids: np.ndarray  # (K, N) basis FIDs, each scaled to unit norm over the window
-    norms: np.ndarray  # (K,) scaling applied to each basis FID
-    scale: float  # data scaling
-    t: np.ndarray
-    raw_idx: np.ndarray  # positions of the window in the unshifted FFT
-    f_hz: np.ndarray  # frequency (Hz) of the window
-    group_of: np.ndarray  # (K,) group index of each component
-    n_groups: int
-    q: np.ndarray | None  # orthonormal basis of the augmented baseline system
-    n_aug: int
-    first_order: bool
-
-    @property
-    def n_comp(self) -> int:
-        return self.fids.shape[0]
-
-    def _fft_window(self, x: np.ndarray) -> np.ndarray:
-        return np.fft.fft(x, axis=-1)[..., self.raw_idx]
-
-    def modulation(self, shifts, lor, gau) -> np.ndarray:
-        t = self.t
-        rate = (2j * np.pi * np.asarray(shifts) - np.pi * np.asarray(lor))[:, None] * t[None, :]
-        return np.exp(rate - GAUSS_K * np.asarray(gau)[:, None] * (t * t)[None, :])
-
-    def project(self, stacked: np.ndarray) -> np.ndarray:
-        """Residual of the best penalised baseline: ``P_aug [v; 0]`` for a vector or a matrix of columns."""
-        if self.q is None:
-            return stacked
-        n2 = stacked.shape[0]
-        pad = np.zeros((self.n_aug - n2,) + stacked.shape[1:])
-        full = np.concatenate([stacked, pad], axis=0)
-        return full - self.q @ (self.q[:n2].T @ stacked)
-
-    def baseline_coefficients(self, stacked_residual: np.ndarray) -> np.ndarray:
-        return self.q[: stacked_residual.shape[0]].T @ stacked_residual
-
-
-def _stack(z: np.ndarray) -> np.ndarray:
-    return np.concatenate([z.real, z.imag], axis=0)
+    basis: BasisSet
+    #: (prior, numerator weights, denominator weights) over ``basis.names``.
+    priors: list
+    #: Where the macromolecules come from: "basis", "model" or "none".
+    macromolecules: str
+    lipids: bool
 
 
 def _select_components(basis: BasisSet, params: FitParams) -> BasisSet:
@@ -185,11 +179,56 @@ def _select_components(basis: BasisSet, params: FitParams) -> BasisSet:
         basis = basis.subset(params.include)
     if params.exclude:
         basis = basis.without(params.exclude)
-    if params.macromolecules == "none":
-        basis = basis.subset(basis.metabolite_names())
-    if basis.n_metabolites == 0:
+    if basis.n_metabolites == 0 or not basis.metabolite_names():
         raise UsageError("no basis component left to fit", fix="check FitParams.include/exclude")
     return basis
+
+
+def prepare_basis(basis: BasisSet, n_points: int, dwell_time: float, central_frequency: float,
+                  params: FitParams, *, echo_time: float | None = None, fid: np.ndarray | None = None
+                  ) -> PreparedBasis:
+    """Select components, resample to the data grid and add the macromolecule/lipid model where it applies.
+
+    ``fid`` (NIfTI-MRS convention, water removed) is only needed for ``lipids="auto"`` with the basis's own MM.
+    The model's components get the basis's own proton amplitude (:func:`measure_creatine`), so their amplitudes
+    and ratio priors are on the metabolites' concentration scale.
+    """
+    basis = _select_components(basis, params)
+    if not (np.isclose(basis.dwell_time, dwell_time, rtol=1e-4) and basis.n_points == n_points):
+        basis = basis.resample_to(dwell_time, n_points)
+    own_mm = basis.macromolecule_names()
+    mode = params.macromolecules
+    if mode == "auto":
+        mode = "basis" if own_mm else "model"
+    lipids = False
+    if mode == "none":
+        basis = basis.subset(basis.metabolite_names())
+    elif mode == "model":
+        unit = basis.metadata.get("ProtonUnit")
+        if not unit:
+            cal = measure_creatine(basis)
+            unit = cal.proton_unit if cal is not None else 1.0
+        basis = combine(basis.subset(basis.metabolite_names()),
+                        mm_lipid_basis(n_points, dwell_time, central_frequency, ppm_reference=basis.ppm_reference,
+                                       proton_unit=float(unit)))
+        lipids = True
+    else:
+        lipids = params.lipids
+        if lipids == "auto":
+            lipids = fid is not None and lipid_peak_ratio(fid, dwell_time, central_frequency,
+                                                         basis.ppm_reference) > params.lipid_threshold
+        if lipids:
+            unit = basis.metadata.get("ProtonUnit") or getattr(measure_creatine(basis), "proton_unit", 1.0)
+            lip_names = tuple(n for n in ("Lip09", "Lip13a", "Lip13b", "Lip20") if not basis.has(n))
+            basis = combine(basis, mm_lipid_basis(n_points, dwell_time, central_frequency,
+                                                  ppm_reference=basis.ppm_reference, proton_unit=float(unit),
+                                                  names=lip_names))
+    priors = []
+    if params.ratio_priors != "none":
+        priors = priors_for(basis.names, echo_time=echo_time)
+        if params.ratio_priors == "macromolecules":
+            priors = [p for p in priors if all(is_macromolecule(n) for n in p[0].numerator + p[0].denominator)]
+    return PreparedBasis(basis=basis, priors=priors, macromolecules=mode, lipids=bool(lipids))
 
 
 def _groups(names: tuple[str, ...], params: FitParams) -> tuple[tuple[str, ...], np.ndarray]:
@@ -211,8 +250,120 @@ def _groups(names: tuple[str, ...], params: FitParams) -> tuple[tuple[str, ...],
     return tuple(name for name, _ in present), group_of
 
 
-def _prepare(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
-             params: FitParams, *, conjugate: bool, water_poles: np.ndarray | None = None) -> _Problem:
+@dataclass
+class Problem:
+    """Precomputed pieces of one fit: normalised data and basis, axes, baseline projector, prior rows."""
+
+    y: np.ndarray  # complex window of the normalised data spectrum
+    fids: np.ndarray  # (K, N) basis FIDs, each scaled to unit norm over the window
+    norms: np.ndarray  # (K,) scaling applied to each basis FID
+    scale: float  # data scaling
+    t: np.ndarray
+    raw_idx: np.ndarray  # positions of the window in the unshifted FFT
+    f_hz: np.ndarray  # frequency (Hz) of the window
+    group_of: np.ndarray  # (K,) group index of each component
+    n_groups: int
+    q: np.ndarray | None  # orthonormal basis of the augmented baseline system
+    n_aug: int
+    first_order: bool
+    #: Prior rows on the normalised concentrations, (n_priors, K); zero rows until :meth:`set_priors`.
+    prior_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    baseline_x: np.ndarray | None = None  # ppm of the window (for rebuilding the baseline)
+    group_names: tuple[str, ...] = ()
+    central_frequency: float = 0.0
+    #: Prior SD (Hz) of each component's own shift; 0 = no own shift (macromolecules, lipids, or switched off).
+    shift_sd_hz: np.ndarray | None = None
+    #: Noise SD of the normalised data used to weight prior rows (set by :meth:`set_priors`).
+    prior_sigma: float = 0.0
+    #: Groups after the first carry group 0's line shape plus their own offsets (the macromolecule model); False
+    #: for a basis's own (measured) macromolecules, which keep a line shape of their own.
+    tie_groups: bool = True
+
+    @property
+    def n_comp(self) -> int:
+        return self.fids.shape[0]
+
+    @property
+    def units(self) -> np.ndarray:
+        """Normalised concentration -> basis units."""
+        return self.scale / self.norms
+
+    def _fft_window(self, x: np.ndarray) -> np.ndarray:
+        return np.fft.fft(x, axis=-1)[..., self.raw_idx]
+
+    def modulation(self, shifts, lor, gau) -> np.ndarray:
+        t = self.t
+        rate = (2j * np.pi * np.asarray(shifts) - np.pi * np.asarray(lor))[:, None] * t[None, :]
+        return np.exp(rate - GAUSS_K * np.asarray(gau)[:, None] * (t * t)[None, :])
+
+    def project(self, stacked: np.ndarray) -> np.ndarray:
+        """Residual of the best penalised baseline: ``P_aug [v; 0]`` for a vector or a matrix of columns."""
+        if self.q is None:
+            return stacked
+        n2 = stacked.shape[0]
+        pad = np.zeros((self.n_aug - n2,) + stacked.shape[1:])
+        full = np.concatenate([stacked, pad], axis=0)
+        return full - self.q @ (self.q[:n2].T @ stacked)
+
+    def baseline_coefficients(self, stacked_residual: np.ndarray) -> np.ndarray:
+        return self.q[: stacked_residual.shape[0]].T @ stacked_residual
+
+    def baseline_dimension(self) -> float:
+        """Effective number of baseline parameters: trace of its hat matrix on the data rows."""
+        if self.q is None:
+            return 0.0
+        n2 = 2 * self.y.size
+        return float(np.sum(self.q[:n2] ** 2))
+
+    def set_priors(self, priors: list, c_start: np.ndarray, sigma: float) -> None:
+        """Rows ``sigma (a - r b) / (s b0)`` of each ratio prior ``a / b = r +- s`` in normalised concentrations.
+
+        ``b0`` is the denominator at the start values (the linearisation LCModel uses); a prior whose
+        denominator starts at (nearly) zero is left out: it has nothing to constrain against, and its row would
+        be so heavy that it swamps the Fisher information of everything else.
+        """
+        rows = []
+        self.prior_sigma = float(sigma)
+        u = self.units
+        c0 = c_start * u
+        floor = 1e-3 * float(np.max(c0)) if c0.size else 0.0
+        for prior, num, den in priors:
+            b0 = float(den @ c0)
+            if not b0 > floor:
+                continue
+            rows.append(sigma * (num - prior.ratio * den) * u / (prior.sd * b0))
+        self.prior_rows = np.array(rows) if rows else np.zeros((0, self.n_comp))
+
+
+def _stack(z: np.ndarray) -> np.ndarray:
+    return np.concatenate([z.real, z.imag], axis=0)
+
+
+def _baseline_system(x: np.ndarray, params: FitParams, smoothness: float) -> np.ndarray:
+    if params.baseline == "none":
+        return np.zeros((2 * x.size, 0))
+    if params.baseline == "bspline":
+        design = bspline_design(x, params.baseline_knot_spacing_ppm)
+        penalty = second_difference(design.shape[1])
+        weight = smoothness * x.size
+    else:
+        design = legendre_design(x, params.baseline_order)
+        penalty, weight = np.zeros((0, design.shape[1])), 0.0
+    return complex_baseline_system(design, penalty, weight)
+
+
+def set_baseline(pb: Problem, params: FitParams, smoothness: float) -> None:
+    """(Re)build the baseline projector of a problem for one smoothness weight."""
+    system = _baseline_system(pb.baseline_x, params, smoothness)
+    if system.shape[1] == 0:
+        pb.q, pb.n_aug = None, 2 * pb.y.size
+    else:
+        pb.q, pb.n_aug = baseline_projector_basis(system), system.shape[0]
+
+
+def build_problem(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
+                  params: FitParams, *, smoothness: float) -> Problem:
+    """The fit problem of one FID (NIfTI-MRS convention, water removed) with a prepared basis."""
     n = fid.size
     ppm = ppm_axis(n, dwell_time, central_frequency, basis.ppm_reference)
     lo, hi = params.ppm_range
@@ -221,13 +372,11 @@ def _prepare(fid: np.ndarray, dwell_time: float, central_frequency: float, basis
         raise BadDataError(f"only {win.size} points fall in the fit window {lo}-{hi} ppm",
                            fix="widen FitParams.ppm_range or check the spectral width")
     raw_idx = np.fft.ifftshift(np.arange(n))[win]
-    data = np.conj(fid) if conjugate else fid
-    y = np.fft.fft(data)[raw_idx]
+    y = np.fft.fft(fid)[raw_idx]
     scale = float(np.abs(y).max())
     if not np.isfinite(scale) or scale == 0:
         raise BadDataError("the spectrum is zero or not finite in the fit window", fix="check the FID")
-    fids = basis.fids
-    spec = np.fft.fft(fids, axis=1)[:, raw_idx]
+    spec = np.fft.fft(basis.fids, axis=1)[:, raw_idx]
     norms = np.linalg.norm(spec, axis=1)
     if np.any(norms == 0):
         empty = [basis.names[i] for i in np.flatnonzero(norms == 0)]
@@ -235,32 +384,28 @@ def _prepare(fid: np.ndarray, dwell_time: float, central_frequency: float, basis
                            fix="exclude them with FitParams.exclude")
     gnames, group_of = _groups(basis.names, params)
     f_hz = (ppm[win] - basis.ppm_reference) * central_frequency
-    x = ppm[win]
-    if params.baseline == "none":
-        system = np.zeros((2 * win.size, 0))
-    else:
-        if params.baseline == "bspline":
-            design = bspline_design(x, params.baseline_knot_spacing_ppm)
-            penalty = second_difference(design.shape[1])
-            weight = params.baseline_smoothness * win.size
-        else:
-            design = legendre_design(x, params.baseline_order)
-            penalty, weight = np.zeros((0, design.shape[1])), 0.0
-        system = complex_baseline_system(design, penalty, weight)
-    if water_poles is not None and water_poles.size:
-        # Residual-water lines join the baseline with free complex amplitudes (real and imaginary columns).
-        lines = np.fft.fft(water_poles[:, None] ** np.arange(n)[None, :], axis=1)[:, raw_idx].T
-        lines = lines / np.abs(lines).max(axis=0)
-        cols = np.vstack([np.hstack([lines.real, -lines.imag]), np.hstack([lines.imag, lines.real])])
-        cols = np.vstack([cols, np.zeros((system.shape[0] - cols.shape[0], cols.shape[1]))])
-        system = np.hstack([system, cols])
-    if system.shape[1] == 0:
-        q, n_aug = None, 2 * win.size
-    else:
-        q, n_aug = baseline_projector_basis(system), system.shape[0]
-    return _Problem(y=y / scale, fids=fids / norms[:, None], norms=norms, scale=scale,
-                    t=np.arange(n) * dwell_time, raw_idx=raw_idx, f_hz=f_hz, group_of=group_of,
-                    n_groups=len(gnames), q=q, n_aug=n_aug, first_order=params.first_order_phase)
+    pb = Problem(y=y / scale, fids=basis.fids / norms[:, None], norms=norms, scale=scale,
+                 t=np.arange(n) * dwell_time, raw_idx=raw_idx, f_hz=f_hz, group_of=group_of,
+                 n_groups=len(gnames), q=None, n_aug=2 * win.size, first_order=params.first_order_phase,
+                 prior_rows=np.zeros((0, basis.n_metabolites)), baseline_x=ppm[win], group_names=gnames,
+                 central_frequency=central_frequency)
+    set_baseline(pb, params, smoothness)
+    pb.shift_sd_hz = component_shift_sd_hz(basis.names, params, central_frequency)
+    return pb
+
+
+def component_shift_sd_hz(names: tuple[str, ...], params: FitParams, central_frequency: float) -> np.ndarray:
+    """Prior SD (Hz) of each metabolite's own shift about its group's (LCModel fits one per metabolite with a
+    Gaussian prior: 0.004 ppm, 0.002 ppm for NAA and NAAG); 0 for macromolecules and lipids."""
+    from bids_ketamine.spectroscopy.macromolecules import OWN_SHIFT_SD_PPM
+
+    out = np.zeros(len(names))
+    if params.metabolite_shift_sd_ppm <= 0:
+        return out
+    for i, n in enumerate(names):
+        if not is_macromolecule(n):
+            out[i] = OWN_SHIFT_SD_PPM.get(canonical_name(n), params.metabolite_shift_sd_ppm) * central_frequency
+    return out
 
 
 def nnls_gram_batch(gram: np.ndarray, rhs: np.ndarray, n_iter: int = 200) -> np.ndarray:
@@ -284,7 +429,7 @@ def nnls_gram_batch(gram: np.ndarray, rhs: np.ndarray, n_iter: int = 200) -> np.
     return c
 
 
-def _grid_start(pb: _Problem, params: FitParams, lw_hz: float) -> tuple[float, float, float, np.ndarray]:
+def _grid_start(pb: Problem, params: FitParams, lw_hz: float) -> tuple[float, float, float, np.ndarray]:
     """Best (residual, shift, phase0, concentrations) over the shift x phase start grid, NNLS at each point."""
     # Shifts by whole frequency bins: multiplying the FID by exp(2 pi i k n / N) rolls its DFT by k bins exactly,
     # so one FFT of the broadened basis serves every shift of the grid.
@@ -313,7 +458,7 @@ def _grid_start(pb: _Problem, params: FitParams, lw_hz: float) -> tuple[float, f
     return float(res[si, pj]), float(shifts[si]), float(phases[pj]), c[si, :, pj].copy()
 
 
-def _linewidth_start(pb: _Problem, params: FitParams, shift: float, phi: float):
+def _linewidth_start(pb: Problem, params: FitParams, shift: float, phi: float):
     best = (np.inf, params.start_linewidths_hz[0], np.zeros(pb.n_comp))
     g = pb.n_groups
     v = pb.project(_stack(np.exp(-1j * phi) * pb.y))
@@ -326,10 +471,14 @@ def _linewidth_start(pb: _Problem, params: FitParams, shift: float, phi: float):
     return best
 
 
-class _Model:
-    """Residual and analytic Jacobian of the full problem for a parameter vector (with a one-entry cache)."""
+class LinearCombinationModel:
+    """Residual and analytic Jacobian of the full problem for a parameter vector (with a one-entry cache).
 
-    def __init__(self, pb: _Problem):
+    Parameter vector: concentrations (normalised), then per group shift, Lorentzian, Gaussian^2, then phi0, tau.
+    The residual is the baseline-projected data misfit followed by the prior rows.
+    """
+
+    def __init__(self, pb: Problem):
         self.pb = pb
         k, g = pb.n_comp, pb.n_groups
         self.sl_c = slice(0, k)
@@ -338,18 +487,40 @@ class _Model:
         self.sl_e = slice(k + 2 * g, k + 3 * g)
         self.i_phi0 = k + 3 * g
         self.i_tau = k + 3 * g + 1
-        self.n_par = k + 3 * g + 2
+        self.sl_s = slice(k + 3 * g + 2, 2 * k + 3 * g + 2)  # each component's own shift (Hz)
+        self.n_par = 2 * k + 3 * g + 2
+        sd = pb.shift_sd_hz if pb.shift_sd_hz is not None else np.zeros(k)
+        self.own_shift = np.flatnonzero(sd > 0)
         self.membership = (np.arange(g)[:, None] == pb.group_of[None, :]).astype(float)  # (G, K)
         self._key = None
 
-    def _evaluate(self, x: np.ndarray):
+    def effective(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-group shift, Lorentzian and Gaussian^2: group 0's own, the others' relative to group 0's.
+
+        Macromolecule and lipid groups carry the metabolites' line shape plus their own small extra shift and
+        broadening (as LCModel convolves its simulated MM with the common line shape), so ``x`` holds, for groups
+        after the first, offsets from group 0.
+        """
+        d, lor, gau = x[self.sl_d].copy(), x[self.sl_l].copy(), x[self.sl_e].copy()
+        if not self.pb.tie_groups:
+            return d, lor, gau
+        d[1:] += d[0]
+        lor[1:] += lor[0]
+        gau[1:] += gau[0]
+        return d, lor, gau
+
+    def evaluate(self, x: np.ndarray):
+        """(component FIDs after line shape, group FIDs, phase factor over the window, model spectrum)."""
         key = x.tobytes()
         if key == self._key:
             return self._cache
         pb = self.pb
         c = x[self.sl_c]
-        mod = pb.modulation(x[self.sl_d], x[self.sl_l], x[self.sl_e])
+        mod = pb.modulation(*self.effective(x))
         comp_fid = pb.fids * mod[pb.group_of]  # (K, N)
+        if self.own_shift.size:
+            own = x[self.sl_s][self.own_shift]
+            comp_fid[self.own_shift] *= np.exp(2j * np.pi * own[:, None] * pb.t[None, :])
         group_fid = self.membership @ (c[:, None] * comp_fid)
         phase = np.exp(1j * (x[self.i_phi0] + 2 * np.pi * pb.f_hz * x[self.i_tau]))
         model = phase * pb._fft_window(group_fid).sum(axis=0)
@@ -357,12 +528,27 @@ class _Model:
         return self._cache
 
     def residual_vector(self, x: np.ndarray) -> np.ndarray:
-        model = self._evaluate(x)[3]
-        return self.pb.project(_stack(self.pb.y - model))
+        model = self.evaluate(x)[3]
+        data = self.pb.project(_stack(self.pb.y - model))
+        return np.concatenate([data, *self._prior_residuals(x)])
+
+    def _prior_residuals(self, x: np.ndarray) -> list[np.ndarray]:
+        out = []
+        pb = self.pb
+        if pb.prior_rows.shape[0]:
+            out.append(pb.prior_rows @ x[self.sl_c])
+        if self.own_shift.size:
+            out.append(pb.prior_sigma * x[self.sl_s][self.own_shift] / pb.shift_sd_hz[self.own_shift])
+        return out
+
+    def component_columns(self, x: np.ndarray) -> np.ndarray:
+        """Unprojected stacked spectra of each component at ``x``'s line shape and phase, (2n, K)."""
+        comp_fid, _, phase, _ = self.evaluate(x)
+        return _stack(phase[:, None] * self.pb._fft_window(comp_fid).T)
 
     def jacobian(self, x: np.ndarray) -> np.ndarray:
         pb = self.pb
-        comp_fid, group_fid, phase, model = self._evaluate(x)
+        comp_fid, group_fid, phase, model = self.evaluate(x)
         t = pb.t
         n = pb.y.size
         cols = np.empty((n, self.n_par), complex)
@@ -371,27 +557,29 @@ class _Model:
                                  -GAUSS_K * t * t * group_fid], axis=0)
         d = phase[:, None] * pb._fft_window(derivs).T
         g = pb.n_groups
-        cols[:, self.sl_d] = d[:, :g]
-        cols[:, self.sl_l] = d[:, g:2 * g]
-        cols[:, self.sl_e] = d[:, 2 * g:]
+        for sl, block in ((self.sl_d, d[:, :g]), (self.sl_l, d[:, g:2 * g]), (self.sl_e, d[:, 2 * g:])):
+            cols[:, sl] = block
+            if pb.tie_groups:
+                cols[:, sl.start] = block.sum(axis=1)  # group 0's parameter moves every group (offsets above)
         cols[:, self.i_phi0] = 1j * model
         cols[:, self.i_tau] = 2j * np.pi * pb.f_hz * model
-        return -pb.project(_stack(cols))
-
-
-def mirror_energy_ratio(fid: np.ndarray, dwell_time: float, central_frequency: float,
-                        window: tuple[float, float] = (0.2, 4.2), ppm_reference: float = 4.65) -> float:
-    """Summed spectral magnitude in ``window`` over that in its mirror image about the receiver frequency.
-
-    Conjugating an FID mirrors its spectrum about the receiver frequency, so this ratio is > 1 for NIfTI-MRS
-    convention brain spectra (metabolites below water) and < 1 for LCModel-convention ones.
-    """
-    spec = np.abs(np.fft.fftshift(np.fft.fft(fid)))
-    ppm = ppm_axis(fid.size, dwell_time, central_frequency, ppm_reference)
-    lo, hi = window
-    inside = spec[(ppm >= lo) & (ppm <= hi)].sum()
-    mirror = spec[(ppm >= 2 * ppm_reference - hi) & (ppm <= 2 * ppm_reference - lo)].sum()
-    return float(inside / max(mirror, 1e-300))
+        cols[:, self.sl_s] = 0
+        if self.own_shift.size:
+            c = x[self.sl_c][self.own_shift]
+            own = (2j * np.pi * t)[None, :] * comp_fid[self.own_shift] * c[:, None]
+            cols[:, self.sl_s.start + self.own_shift] = phase[:, None] * pb._fft_window(own).T
+        jac = -pb.project(_stack(cols))
+        blocks = [jac]
+        if pb.prior_rows.shape[0]:
+            rows = np.zeros((pb.prior_rows.shape[0], self.n_par))
+            rows[:, self.sl_c] = pb.prior_rows
+            blocks.append(rows)
+        if self.own_shift.size:
+            rows = np.zeros((self.own_shift.size, self.n_par))
+            rows[np.arange(self.own_shift.size), self.sl_s.start + self.own_shift] = (
+                pb.prior_sigma / pb.shift_sd_hz[self.own_shift])
+            blocks.append(rows)
+        return np.vstack(blocks) if len(blocks) > 1 else jac
 
 
 class _Minimizer(lmfit.Minimizer):
@@ -414,96 +602,31 @@ def lipid_peak_ratio(fid: np.ndarray, dwell_time: float, central_frequency: floa
     return float(lip.max() / max(naa.max(), 1e-300))
 
 
-def detect_conjugation(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
-                       params: FitParams | None = None) -> bool:
-    """True when the data are in the LCModel (conjugate) convention.
-
-    Decided by :func:`mirror_energy_ratio` when it is clear (outside 0.67-1.5); otherwise by which convention the
-    start grid of the fit matches better.
-    """
-    params = params or FitParams()
-    fid = np.asarray(fid, complex)
-    ratio = mirror_energy_ratio(fid, dwell_time, central_frequency, params.ppm_range, basis.ppm_reference)
-    if ratio > 1.5 or ratio < 1 / 1.5:
-        return bool(ratio < 1)
-    basis = _select_components(basis, params)
-    if not (np.isclose(basis.dwell_time, dwell_time, rtol=1e-4) and basis.n_points == fid.size):
-        basis = basis.resample_to(dwell_time, fid.size)
-    res = []
-    for conj in (False, True):
-        pb = _prepare(fid, dwell_time, central_frequency, basis, params, conjugate=conj)
-        res.append(_grid_start(pb, params, float(np.median(params.start_linewidths_hz)))[0])
-    return bool(res[1] < res[0])
-
-
-def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
-                 params: FitParams | None = None, *, conjugate: bool | None = None) -> FitResult:
-    """Fit one averaged FID with a basis set (NIfTI-MRS convention); see the module docstring for the model.
-
-    ``conjugate`` overrides ``params.conjugate`` (True for LCModel-convention data). The basis is resampled to the
-    data's dwell time and length when they differ. Strong residual water in ``params.residual_water_ppm`` is
-    modelled by HSVD lines with free complex amplitudes that join the baseline (``FitResult.baseline`` includes
-    them; ``extras["water_lines"]`` counts them).
-    """
-    t0 = time.perf_counter()
-    params = params or FitParams()
-    fid = np.asarray(fid)
-    if fid.ndim != 1:
-        fid = np.squeeze(fid)
-        if fid.ndim != 1:
-            raise BadDataError(f"fit_spectrum needs one averaged FID, got shape {np.shape(fid)}",
-                               fix="coil-combine and average the transients first")
-    fid = fid.astype(complex)
-    if not np.all(np.isfinite(fid)) or not np.any(fid):
-        raise BadDataError("the FID is all zero or contains NaN/inf", fix="check the raw data and preprocessing")
-    if basis.nucleus != "1H":
-        raise BadDataError(f"the basis is for {basis.nucleus}; only 1H spectra are fitted", fix="use a 1H basis")
-    basis = _select_components(basis, params)
-    if not (np.isclose(basis.dwell_time, dwell_time, rtol=1e-4) and basis.n_points == fid.size):
-        basis = basis.resample_to(dwell_time, fid.size)
-    if conjugate is None:
-        conjugate = {"yes": True, "no": False}.get(params.conjugate)
-    if conjugate is None:
-        conjugate = detect_conjugation(fid, dwell_time, central_frequency, basis, params)
-    if conjugate:
-        fid = np.conj(fid)
-    lipids = params.lipids
-    if lipids == "auto":
-        lipids = lipid_peak_ratio(fid, dwell_time, central_frequency, basis.ppm_reference) > params.lipid_threshold
-    if lipids:
-        basis = combine(basis, lipid_components(fid.size, dwell_time, central_frequency, basis.ppm_reference))
-    poles = np.zeros(0, complex)
-    if params.residual_water_ppm is not None and band_peak_ratio(
-        fid, dwell_time, central_frequency, params.residual_water_ppm, params.ppm_range, basis.ppm_reference
-    ) > params.residual_water_threshold:
-        poles = water_poles(fid, dwell_time, central_frequency, params.residual_water_ppm, basis.ppm_reference)
-    pb = _prepare(fid, dwell_time, central_frequency, basis, params, conjugate=False, water_poles=poles)
-
-    # 1-2: variable-projection start.
-    lw0 = float(np.median(params.start_linewidths_hz))
-    _, s0, phi0, _ = _grid_start(pb, params, lw0)
-    _, lw_best, c0 = _linewidth_start(pb, params, s0, phi0)
-
-    # 3: joint refinement with lmfit (scipy least_squares, analytic Jacobian).
-    model = _Model(pb)
+def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, phi0: float):
+    """Joint nonlinear refinement from ``x0`` (lmfit / scipy least_squares, analytic Jacobian)."""
+    pb = model.pb
     g = pb.n_groups
-    x0 = np.zeros(model.n_par)
-    x0[model.sl_c] = c0
-    x0[model.sl_d] = s0
-    x0[model.sl_l] = lw_best
-    x0[model.i_phi0] = phi0
     lp = lmfit.Parameters()
     for i in range(pb.n_comp):
-        lp.add(f"c{i}", value=x0[i], min=0.0)
+        lp.add(f"c{i}", value=max(float(x0[i]), 0.0), min=0.0)
     for j in range(g):
-        lp.add(f"shift{j}", value=s0, min=-params.max_shift_hz, max=params.max_shift_hz)
+        lo, hi = shift_bounds_hz(pb, params, j)
+        lp.add(f"shift{j}", value=float(np.clip(x0[model.sl_d][j], lo, hi)), min=lo, max=hi)
     for j in range(g):
-        lp.add(f"lor{j}", value=lw_best, min=0.0, max=params.max_lorentzian_hz)
+        lp.add(f"lor{j}", value=float(np.clip(x0[model.sl_l][j], 0, params.max_lorentzian_hz)), min=0.0,
+               max=params.max_lorentzian_hz)
     for j in range(g):
-        lp.add(f"gau{j}", value=0.0, min=0.0, max=params.max_gaussian_hz**2)
-    lp.add("phi0", value=phi0, min=phi0 - 2 * np.pi, max=phi0 + 2 * np.pi)
-    max_tau = 1.0 / (4 * max(np.ptp(pb.f_hz), 1.0)) * 4  # at most ~2 pi of phase across the window
-    lp.add("tau", value=0.0, min=-max_tau, max=max_tau, vary=pb.first_order)
+        top = gaussian_bound_hz(pb, params, j) ** 2
+        lp.add(f"gau{j}", value=float(np.clip(x0[model.sl_e][j], 0, top)), min=0.0, max=top)
+    lp.add("phi0", value=float(x0[model.i_phi0]), min=phi0 - 2 * np.pi, max=phi0 + 2 * np.pi)
+    max_tau = max_delay(pb)
+    lp.add("tau", value=float(np.clip(x0[model.i_tau], -max_tau, max_tau)), min=-max_tau, max=max_tau,
+           vary=pb.first_order)
+    sd = pb.shift_sd_hz if pb.shift_sd_hz is not None else np.zeros(pb.n_comp)
+    for i in range(pb.n_comp):
+        top = 4 * sd[i] if sd[i] > 0 else 1.0
+        lp.add(f"own{i}", value=float(np.clip(x0[model.sl_s][i], -top, top)) if sd[i] > 0 else 0.0,
+               min=-top, max=top, vary=bool(sd[i] > 0))
     order = list(lp)
 
     def vec(p: lmfit.Parameters) -> np.ndarray:
@@ -520,17 +643,245 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
     mini = _Minimizer(resid, lp)
     out = mini.minimize(method="least_squares", jac=jac, x_scale="jac", max_nfev=params.max_nfev,
                         ftol=1e-10, xtol=1e-10, gtol=1e-10)
-    x = vec(out.params)
+    return vec(out.params), out, free
 
-    # 4: uncertainties and outputs.
+
+def gaussian_bound_hz(pb: Problem, params: FitParams, group: int) -> float:
+    """Bound on a group's extra Gaussian FWHM: ``max_gaussian_hz`` for group 0, ``nuisance_max_gaussian_ppm``
+    (relative to group 0) for the others: LCModel lets its simulated MM widen only a little past their published
+    widths, so that they keep their shape and cannot turn into a second baseline."""
+    if group == 0 or not pb.tie_groups:
+        return params.max_gaussian_hz
+    return min(params.max_gaussian_hz, params.nuisance_max_gaussian_ppm * pb.central_frequency)
+
+
+def shift_bounds_hz(pb: Problem, params: FitParams, group: int) -> tuple[float, float]:
+    """Bounds on group 0's shift (``max_shift_hz``) and on the other groups' shift relative to it
+    (``nuisance_max_shift_ppm``, LCModel's position tolerance of its simulated MM and lipids)."""
+    if group == 0 or not pb.tie_groups:
+        return -params.max_shift_hz, params.max_shift_hz
+    top = min(params.max_shift_hz, params.nuisance_max_shift_ppm * pb.central_frequency)
+    return -top, top
+
+
+def max_delay(pb: Problem) -> float:
+    """Bound of the first-order phase delay: at most about 2 pi of phase across the window."""
+    return 1.0 / max(np.ptp(pb.f_hz), 1.0)
+
+
+def _start(pb: Problem, params: FitParams, model: LinearCombinationModel) -> tuple[np.ndarray, float]:
+    lw0 = float(np.median(params.start_linewidths_hz))
+    _, s0, phi0, _ = _grid_start(pb, params, lw0)
+    _, lw_best, c0 = _linewidth_start(pb, params, s0, phi0)
+    x0 = np.zeros(model.n_par)
+    x0[model.sl_c] = c0
+    if pb.tie_groups:
+        x0[model.sl_d.start] = s0  # the other groups start at zero offset from group 0
+        x0[model.sl_l.start] = lw_best
+    else:
+        x0[model.sl_d] = s0
+        x0[model.sl_l] = lw_best
+    x0[model.i_phi0] = phi0
+    return x0, phi0
+
+
+def _data_sigma(model: LinearCombinationModel, x: np.ndarray) -> float:
+    """Noise SD per stacked point of the normalised data from the data rows of the residual."""
+    n2 = 2 * model.pb.y.size
+    r = model.residual_vector(x)[:n2]
+    return float(np.sqrt(r @ r / max(n2 - model.pb.n_comp - model.pb.baseline_dimension(), 1)))
+
+
+def residual_autocorrelation(model: LinearCombinationModel, x: np.ndarray) -> float:
+    """Lag-1 autocorrelation of the data residual (real and imaginary parts along the frequency axis), >= 0."""
+    n = model.pb.y.size
+    r = model.residual_vector(x)[: 2 * n]
+    rho = []
+    for part in (r[:n], r[n:]):
+        part = part - part.mean()
+        den = float(part @ part)
+        if den > 0:
+            rho.append(float(part[1:] @ part[:-1]) / den)
+    return float(np.clip(np.mean(rho), 0.0, 0.95)) if rho else 0.0
+
+
+def choose_smoothness(model: LinearCombinationModel, x: np.ndarray, params: FitParams) -> tuple[float, dict]:
+    """Baseline penalty weight chosen by the Akaike criterion at fixed nonlinear parameters ``x``.
+
+    For each candidate weight the concentrations are re-solved (NNLS on the projected columns and prior rows) and
+    ``N_eff log(RSS / N) + 2 (ED + K_active)`` is scored: RSS over the data rows and the baseline penalty, ``ED``
+    the baseline's effective dimension (trace of its hat matrix), ``K_active`` the nonzero amplitudes. ``N_eff =
+    N (1 - rho) / (1 + rho)`` counts the data points as independent only as far as the residual at ``x`` is
+    (``rho`` its lag-1 autocorrelation): a real spectrum's misfit is smooth (line-shape and model error), and
+    points that move together carry less evidence for a more flexible baseline than white noise would (with white
+    noise, ``rho = 0`` and this is plain AIC). Returns the weight and the scores (for the sidecar).
+    """
+    pb = model.pb
+    cols = model.component_columns(x)
+    y = _stack(pb.y)
+    n2 = y.size
+    rho = residual_autocorrelation(model, x)
+    n_eff = n2 * (1 - rho) / (1 + rho)
+    scores = {}
+    saved = (pb.q, pb.n_aug)
+    for w in params.baseline_smoothness_grid:
+        set_baseline(pb, params, w)
+        a = pb.project(cols)
+        v = pb.project(y)
+        if pb.prior_rows.shape[0]:
+            a = np.vstack([a, pb.prior_rows])
+            v = np.concatenate([v, np.zeros(pb.prior_rows.shape[0])])
+        c, rnorm = nnls(a, v, maxiter=50 * a.shape[1])
+        k_active = int(np.count_nonzero(c))
+        scores[float(w)] = float(n_eff * np.log(max(rnorm**2, 1e-300) / n2)
+                                 + 2 * (pb.baseline_dimension() + k_active))
+    pb.q, pb.n_aug = saved
+    best = min(scores, key=scores.get)
+    return best, {"residual_autocorrelation": rho, "scores": scores}
+
+
+def fit_quality(res: FitResult, params: FitParams, at_bounds: list[str]) -> tuple[bool, tuple[str, ...]]:
+    """Why a fit cannot be trusted (empty = it can): convergence, bounds, reference CRLBs, linewidth, SNR."""
+    reasons = []
+    if not res.success:
+        reasons.append(f"optimiser did not converge ({res.message.strip() or 'no message'})")
+    reasons += [f"{b} at its bound" for b in at_bounds]
+    for ref in ("tNAA", "tCr"):
+        try:
+            pct = res.crlb_percent(ref)
+        except KeyError:
+            continue
+        if not (np.isfinite(pct) and pct <= params.qc_max_reference_crlb_percent):
+            shown = "n/a" if not np.isfinite(pct) else f"{pct:.0f} %"
+            reasons.append(f"{ref} CRLB {shown} > {params.qc_max_reference_crlb_percent:g} %")
+    if not (np.isfinite(res.fwhm_ppm) and res.fwhm_ppm <= params.qc_max_fwhm_ppm):
+        shown = "n/a" if not np.isfinite(res.fwhm_ppm) else f"{res.fwhm_ppm:.3f} ppm"
+        reasons.append(f"linewidth {shown} > {params.qc_max_fwhm_ppm:g} ppm")
+    if not (np.isfinite(res.snr) and res.snr >= params.qc_min_snr):
+        reasons.append(f"SNR {res.snr:.1f} < {params.qc_min_snr:g}")
+    return not reasons, tuple(reasons)
+
+
+def _parameters_at_bounds(model: LinearCombinationModel, x: np.ndarray, params: FitParams,
+                          gnames: tuple[str, ...]) -> list[str]:
+    """Nonlinear parameters of the metabolite group (group 0) within AT_BOUND of a bound."""
+    out = []
+    if abs(x[model.sl_d][0]) >= (1 - AT_BOUND) * params.max_shift_hz:
+        out.append(f"{gnames[0]} frequency shift ({x[model.sl_d][0]:+.1f} Hz)")
+    if x[model.sl_l][0] >= (1 - AT_BOUND) * params.max_lorentzian_hz:
+        out.append(f"{gnames[0]} Lorentzian width ({x[model.sl_l][0]:.1f} Hz)")
+    if np.sqrt(x[model.sl_e][0]) >= (1 - AT_BOUND) * params.max_gaussian_hz:
+        out.append(f"{gnames[0]} Gaussian width ({np.sqrt(x[model.sl_e][0]):.1f} Hz)")
+    if model.pb.first_order and abs(x[model.i_tau]) >= (1 - AT_BOUND) * max_delay(model.pb):
+        out.append("first-order phase")
+    return out
+
+
+def residual_water_ratio(fid: np.ndarray, dwell_time: float, central_frequency: float, params: FitParams,
+                         ppm_reference: float = 4.65) -> float:
+    """Largest spectral magnitude in the water band over the largest in the fit window (outside the band)."""
+    spec = np.abs(np.fft.fftshift(np.fft.fft(fid)))
+    ppm = ppm_axis(fid.size, dwell_time, central_frequency, ppm_reference)
+    band = (ppm >= params.water_band_ppm[0]) & (ppm <= params.water_band_ppm[1])
+    window = (ppm >= params.ppm_range[0]) & (ppm <= params.ppm_range[1]) & ~band
+    if not band.any() or not window.any():
+        return 0.0
+    return float(spec[band].max() / max(spec[window].max(), 1e-300))
+
+
+def water_band(fid: np.ndarray, dwell_time: float, central_frequency: float, params: FitParams,
+               ppm_reference: float = 4.65) -> tuple[float, float]:
+    """``water_band_ppm``, its lower edge moved to 0.15 ppm below the water peak when that peak sits lower:
+    the largest magnitude between 3.95 ppm and the band's top, if it is more than twice every peak of the fit
+    window below 3.95 ppm (so a metabolite line such as myo-inositol's 4.05 ppm is never taken for water)."""
+    lo, hi = params.water_band_ppm
+    spec = np.abs(np.fft.fftshift(np.fft.fft(fid)))
+    ppm = ppm_axis(fid.size, dwell_time, central_frequency, ppm_reference)
+    sel = (ppm >= 3.95) & (ppm <= hi)
+    below = (ppm >= params.ppm_range[0]) & (ppm < 3.95)
+    if not sel.any() or not below.any():
+        return lo, hi
+    if spec[sel].max() <= 2 * spec[below].max():
+        return lo, hi
+    peak = float(ppm[sel][np.argmax(spec[sel])])
+    return min(lo, peak - 0.15), hi
+
+
+def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
+                 params: FitParams | None = None, *, conjugate: bool = False,
+                 echo_time: float | None = None) -> FitResult:
+    """Fit one averaged FID with a basis set; see the module docstring for the model.
+
+    The data must be in the NIfTI-MRS sign convention; ``conjugate=True`` conjugates LCModel-convention data first
+    (the caller decides, once per acquisition: :func:`bids_ketamine.spectroscopy.sign_convention.decide`). The basis
+    is resampled to the data's dwell time and length when they differ. ``echo_time`` (s) drops the short-TE-only
+    priors above 50 ms. ``FitResult.qc_pass`` / ``qc_reasons`` say whether the fit can be trusted.
+    """
+    t0 = time.perf_counter()
+    params = params or FitParams()
+    fid = np.asarray(fid)
+    if fid.ndim != 1:
+        fid = np.squeeze(fid)
+        if fid.ndim != 1:
+            raise BadDataError(f"fit_spectrum needs one averaged FID, got shape {np.shape(fid)}",
+                               fix="coil-combine and average the transients first")
+    fid = fid.astype(complex)
+    if not np.all(np.isfinite(fid)) or not np.any(fid):
+        raise BadDataError("the FID is all zero or contains NaN/inf", fix="check the raw data and preprocessing")
+    if basis.nucleus != "1H":
+        raise BadDataError(f"the basis is for {basis.nucleus}; only 1H spectra are fitted", fix="use a 1H basis")
+    if conjugate:
+        fid = np.conj(fid)
+    original = fid
+    removal: WaterRemoval | None = None
+    if params.water_removal and residual_water_ratio(fid, dwell_time, central_frequency, params,
+                                                     basis.ppm_reference) > params.water_removal_threshold:
+        band = water_band(fid, dwell_time, central_frequency, params, basis.ppm_reference)
+        removal = remove_residual_water(fid, dwell_time, central_frequency, band_ppm=band,
+                                        ppm_reference=basis.ppm_reference, n_components=params.water_components)
+        fid = removal.fid
+    prepared = prepare_basis(basis, fid.size, dwell_time, central_frequency, params, echo_time=echo_time, fid=fid)
+    basis = prepared.basis
+    auto = params.baseline_smoothness == "auto"
+    first_w = 10.0 if auto else float(params.baseline_smoothness)  # a middle start; step 4 then chooses
+    pb = build_problem(fid, dwell_time, central_frequency, basis, params, smoothness=first_w)
+    pb.tie_groups = prepared.macromolecules == "model"
+    model = LinearCombinationModel(pb)
+
+    # 1-2: variable-projection start; 3: refinement (priors enter once a noise level is known).
+    x0, phi0 = _start(pb, params, model)
+    sigma = _data_sigma(model, x0)
+    pb.set_priors(prepared.priors, x0[model.sl_c], sigma)
+    x, out, free = _refine(model, x0, params, phi0)
+    smoothness, scores = first_w, {}
+    if auto and params.baseline != "none":
+        # 4: baseline stiffness from the data
+        smoothness, scores = choose_smoothness(model, x, params)
+    sigma_now = _data_sigma(model, x) if prepared.priors else sigma
+    if smoothness != first_w or not 0.8 <= sigma_now / max(sigma, 1e-300) <= 1.25:
+        # one more refinement with the chosen baseline, and priors weighted by the noise of the refined fit
+        # (the start's misfit overstates it)
+        set_baseline(pb, params, smoothness)
+        model = LinearCombinationModel(pb)
+        pb.set_priors(prepared.priors, x[model.sl_c], _data_sigma(model, x))
+        x, out2, free = _refine(model, x, params, phi0)
+        out2.nfev += out.nfev
+        out = out2
+    return _result(model, x, out, free, params, basis, prepared, removal, original, fid, dwell_time,
+                   central_frequency, conjugate, smoothness, scores, t0)
+
+
+def _result(model, x, out, free, params, basis, prepared, removal, original, fid, dwell_time, central_frequency,
+            conjugate, smoothness, scores, t0) -> FitResult:
+    pb = model.pb
     r = model.residual_vector(x)
     jfull = model.jacobian(x)[:, free]
     n_data = 2 * pb.y.size
-    dof = max(n_data - len(free) - (0 if pb.q is None else pb.q.shape[1]), 1)
-    rss = float(r @ r)
+    dof = max(n_data - len(free) - pb.baseline_dimension(), 1)
+    rss = float(r[:n_data] @ r[:n_data])
     sigma2 = rss / dof
     cov_all = np.linalg.pinv(jfull.T @ jfull) * sigma2
-    comp_fid, group_fid, phase, model_spec = model._evaluate(x)
+    comp_fid, group_fid, phase, model_spec = model.evaluate(x)
     stacked_res = _stack(pb.y - model_spec)
     if pb.q is not None:
         coef = pb.baseline_coefficients(stacked_res)
@@ -547,18 +898,18 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
     ppm = ppm_axis(fid.size, dwell_time, central_frequency, basis.ppm_reference)
     ppm_win = basis.ppm_reference + pb.f_hz / central_frequency
 
-    units = pb.scale / pb.norms  # normalised concentration -> basis units
+    units = pb.units
     conc = x[model.sl_c] * units
     k = pb.n_comp
     cov_c = cov_all[:k, :k] * np.outer(units, units)
+    zero = conc <= ZERO_FRACTION * max(float(conc.max()), 1e-300)
+    conc = np.where(zero, 0.0, conc)
 
     if params.noise_ppm is not None:
         noise_sd = _noise_sd(fid, ppm, params.noise_ppm)
-    else:
-        noise_sd = float(np.sqrt(rss / dof)) * pb.scale
-    if params.noise_ppm is not None:
-        # CRLBs follow the chosen noise estimate.
         cov_c = cov_c * (noise_sd / pb.scale) ** 2 / sigma2
+    else:
+        noise_sd = float(np.sqrt(sigma2)) * pb.scale
 
     # SNR as the consensus reports it (MRSinMRS, Lin et al. 2021; Kreis et al. 2020): the height of the fitted NAA
     # singlet alone, without the NAAG, macromolecules and baseline beneath it; with no NAA in the basis, the
@@ -577,7 +928,25 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
     fwhm_hz = _singlet_fwhm(pb, x, model, basis.names, dwell_time, central_frequency, basis.ppm_reference)
 
     gnames, _ = _groups(basis.names, params)
-    return FitResult(
+    group_spectra = {}
+    c = x[model.sl_c]
+    for gi, gname in enumerate(gnames):
+        if gname == "metabolites" or gi >= pb.n_groups:
+            continue
+        members = pb.group_of == gi
+        spec = pb._fft_window((c[members][:, None] * comp_fid[members]).sum(axis=0))
+        group_spectra[gname] = spec * pb.scale
+    display = {}
+    if removal is not None:
+        full_ppm = ppm
+        sel = (full_ppm >= params.ppm_range[0]) & (full_ppm <= max(params.water_band_ppm[1] + 0.3, 5.5))
+        idx = np.fft.ifftshift(np.arange(fid.size))[sel]
+        f_disp = (full_ppm[sel] - basis.ppm_reference) * central_frequency
+        rot = np.exp(-1j * (x[model.i_phi0] + 2 * np.pi * f_disp * x[model.i_tau]))
+        display = {"ppm": full_ppm[sel], "data_before_removal": np.fft.fft(original)[idx] * rot,
+                   "removed_water": np.fft.fft(removal.removed)[idx] * rot}
+    at_bounds = _parameters_at_bounds(model, x, params, gnames)
+    res = FitResult(
         names=basis.names,
         concentrations=conc,
         covariance=cov_c,
@@ -590,9 +959,9 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
         phase0_deg=float(np.degrees(x[model.i_phi0]) % 360),
         phase1_deg_per_ppm=float(360 * x[model.i_tau] * central_frequency),
         group_names=gnames,
-        shifts_hz=x[model.sl_d].copy(),
-        lorentzian_hz=x[model.sl_l].copy(),
-        gaussian_hz=np.sqrt(x[model.sl_e]),
+        shifts_hz=model.effective(x)[0],
+        lorentzian_hz=model.effective(x)[1],
+        gaussian_hz=np.sqrt(model.effective(x)[2]),
         noise_sd=noise_sd,
         snr=snr,
         fwhm_hz=fwhm_hz,
@@ -601,11 +970,21 @@ def fit_spectrum(fid: np.ndarray, dwell_time: float, central_frequency: float, b
         success=bool(out.success) if out.success is not None else True,
         message=str(getattr(out, "message", "")),
         n_evaluations=int(out.nfev),
-        seconds=time.perf_counter() - t0,
+        seconds=0.0,
         central_frequency=central_frequency,
-        extras={"reduced_chi2_normalised": sigma2, "degrees_of_freedom": dof, "water_lines": int(poles.size),
-                "lipids": bool(lipids)},
+        group_spectra=group_spectra,
+        display=display,
+        extras={"reduced_chi2_normalised": sigma2, "degrees_of_freedom": dof,
+                "lipids": prepared.lipids, "macromolecules": prepared.macromolecules,
+                "priors": [p.label for p, _, _ in prepared.priors],
+                "baseline_smoothness": smoothness, "baseline_scores": scores,
+                "baseline_effective_dimension": pb.baseline_dimension(),
+                "water_removal": removal.summary() if removal is not None else None},
     )
+    ok, reasons = fit_quality(res, params, at_bounds)
+    from dataclasses import replace as _replace
+
+    return _replace(res, qc_pass=ok, qc_reasons=reasons, seconds=time.perf_counter() - t0)
 
 
 def _noise_sd(fid: np.ndarray, ppm: np.ndarray, window: tuple[float, float]) -> float:
@@ -619,7 +998,7 @@ def _noise_sd(fid: np.ndarray, ppm: np.ndarray, window: tuple[float, float]) -> 
     return float(np.std(ys - trend, ddof=2))
 
 
-def _singlet_fwhm(pb: _Problem, x: np.ndarray, model: _Model, names: tuple[str, ...], dwell_time: float,
+def _singlet_fwhm(pb: Problem, x: np.ndarray, model: LinearCombinationModel, names: tuple[str, ...], dwell_time: float,
                   central_frequency: float, ppm_reference: float) -> float:
     """FWHM (Hz) of the fitted NAA 2.01 ppm singlet (else the creatine 3.03 ppm one), on an 8x zero-filled grid."""
     canon = [canonical_name(n) for n in names]
@@ -629,7 +1008,7 @@ def _singlet_fwhm(pb: _Problem, x: np.ndarray, model: _Model, names: tuple[str, 
             break
     else:
         return float("nan")
-    comp_fid = model._evaluate(x)[0][i]
+    comp_fid = model.evaluate(x)[0][i]
     n = comp_fid.size * 8
     # The component before the fitted zero- and first-order phases is the absorption line itself (the basis is in
     # phase); applying the first-order phase again would mix in dispersion and distort the width.

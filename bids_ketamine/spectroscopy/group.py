@@ -190,6 +190,12 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
 
     fits = read_fit_tables(output_dir)
     outputs: list[Path] = []
+    qc_counts = failed_spectra(fits)
+    if qc_counts is not None and int(qc_counts["n_failed"].sum()):
+        where = ", ".join(f"sub-{r.participant_id}" + (f" ses-{r.session_id}" if isinstance(r.session_id, str) else "")
+                          + f": {r.n_failed} of {r.n_spectra}" for r in qc_counts.itertuples() if r.n_failed)
+        LOG.warning("spectroscopy group: %d spectra failed QC and are left out of the models (%s); see qc_reason in "
+                    "the participants' _mrsfit.tsv", int(qc_counts["n_failed"].sum()), where)
     metabolites = params.group_metabolites
     if metabolites is None:
         # metabolites only: macromolecule and lipid components are nuisance signals of the fit, not outcomes
@@ -257,6 +263,26 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
             datatype="spectroscopy",
             description="MixedLM: MADRS ~ time (0 = before, 1 = 24 h) * pretreatment + period, random intercept "
                         "per subject; pretreatment_x_time = extra change of the score after naltrexone."))
+    if qc_counts is not None:
+        qc_cols = {"participant_id": "Participant label.", "session_id": "Session label (n/a without sessions).",
+                   "n_spectra": "Spectra (blocks or averages) fitted.",
+                   "n_failed": "Spectra whose fit failed QC (left out of the group models)."}
+        outputs.append(writer.write_table(qc_counts, entities={"desc": "fmrsqc"}, suffix="stats", columns=qc_cols,
+                                          sources=sources, datatype="spectroscopy",
+                                          description="Spectra per subject and session, and how many failed QC."))
     for fig, desc in figures:
         outputs.append(writer.write_figure(fig, entities={"desc": desc}, suffix="mrs"))
     return outputs
+
+
+def failed_spectra(fits: pd.DataFrame) -> pd.DataFrame | None:
+    """Per participant and session: spectra fitted and spectra whose fit failed QC (``spectrum_qc_pass``)."""
+    if "spectrum_qc_pass" not in fits.columns or fits.empty:
+        return None
+    keys = ["participant_id", "session_id"]
+    frame = fits.assign(session_id=fits.get("session_id", pd.Series(np.nan, index=fits.index)))
+    series = [c for c in ("series", "block") if c in frame.columns]
+    per_spectrum = frame.groupby(keys + series, dropna=False)["spectrum_qc_pass"].first().reset_index()
+    per_spectrum["failed"] = ~per_spectrum["spectrum_qc_pass"].astype(bool)
+    out = per_spectrum.groupby(keys, dropna=False).agg(n_spectra=("failed", "size"), n_failed=("failed", "sum"))
+    return out.reset_index().astype({"n_spectra": int, "n_failed": int})

@@ -227,6 +227,15 @@ def check_reference_matches(metabolite: MrsData, reference: MrsData) -> None:
                            path=reference.path, fix="use a water reference with the same number of points")
 
 
+def nifti_mrs_intent() -> str:
+    """The intent name of the current NIfTI-MRS standard (``mrs_v<major>_<minor>``), as the ``nifti-mrs`` package
+    (the standard's reference implementation) defines it."""
+    from nifti_mrs.definitions import nifti_mrs_version
+
+    major, minor = nifti_mrs_version
+    return f"mrs_v{major}_{minor}"
+
+
 def make_nifti_mrs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency: float,
                    dim_tags: tuple[str, ...] = (), metadata: dict[str, Any] | None = None):
     """A nibabel NIfTI-MRS image from ``fid`` shaped (n_points, *higher dims) with their tags."""
@@ -238,7 +247,7 @@ def make_nifti_mrs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
     data = fid.reshape((1, 1, 1) + fid.shape)
     img = nib.Nifti2Image(data, np.eye(4))
     img.header["pixdim"][4] = dwell_time
-    img.header.set_intent(0, (), "mrs_v0_2")
+    img.header.set_intent(0, (), nifti_mrs_intent())
     ext = {"SpectrometerFrequency": [float(spectrometer_frequency)], "ResonantNucleus": ["1H"]}
     for i, tag in enumerate(dim_tags):
         ext[f"dim_{i + 5}"] = tag

@@ -20,7 +20,11 @@ class PreprocessParams(BaseModel):
     align_ppm_range: tuple[float, float] = Field((0.2, 4.2), description="ppm window the alignment compares.")
     reject: bool = Field(True, description="Reject outlier transients before averaging.")
     reject_threshold: float = Field(3.5, gt=0, description="Robust z-score above which a transient is rejected.")
-    eddy_current_correction: bool = Field(True, description="Klose correction with the (ecc or water) reference.")
+    eddy_current_correction: bool | Literal["auto"] = Field(
+        "auto", description="Klose correction of eddy currents: 'auto' = only with a dedicated eddy-current reference "
+        "(acq-ecc mrsref), as LCModel and FSL-MRS default; True = also with the plain water reference; False = never. "
+        "On the real Philips PRESS data of lcmodel_test_lcm (already corrected on the scanner) a correction with "
+        "the water reference moves LCModel's own Glx/tCr by -21 %.")
     conjugate: Literal["auto", "yes", "no"] = Field(
         "auto", description="Complex-conjugate the data (some converters store the opposite sign); auto = detect "
         "from the mirrored NAA/Cr/Cho peaks.")

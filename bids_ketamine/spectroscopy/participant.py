@@ -45,7 +45,11 @@ TABLE_COLUMNS = {
     "molar_crlb_mM": {"Description": "CRLB of molar_mM.", "Units": "mmol/l"},
     "snr": "Signal-to-noise ratio: height of the fitted NAA singlet / noise SD (MRSinMRS).",
     "fwhm_hz": {"Description": "Linewidth (FWHM) of the fitted singlets.", "Units": "Hz"},
-    "qc_pass": "True when the CRLB % is finite and below max_crlb_percent.",
+    "qc_pass": "True when the spectrum's fit passed QC (converged, no parameter at a bound, tNAA/tCr CRLB, "
+               "linewidth and SNR within limits) and this row's CRLB % is finite and below max_crlb_percent.",
+    "qc_reason": "Why qc_pass is false (spectrum-level reasons first); empty when it is true.",
+    "spectrum_qc_pass": "True when the whole spectrum's fit passed QC (the group level leaves failed spectra out "
+                        "and counts them per subject and session).",
 }
 
 
@@ -70,16 +74,21 @@ def load_basis(params: SpectroscopyParams, data: MrsData):
     from bids_ketamine.spectroscopy.simulate import simulate_basis
 
     bp = params.basis
+    from bids_ketamine.spectroscopy.basis import calibrate_basis
+
+    # A user's basis carries its own amplitude scale and ppm reference: both are measured on its creatine and
+    # brought to the simulated basis's (one proton of one mM = 1, 4.65 ppm), so water scaling means the same for
+    # every basis source.
     if bp.source == "lcmodel":
         if bp.path is None:
             raise BadDataError("basis.source is 'lcmodel' but basis.path is not set", fix="set spectroscopy.basis.path")
-        return basis_io.read_lcmodel_basis(bp.path)
+        return calibrate_basis(basis_io.read_lcmodel_basis(bp.path))
     if bp.source == "fid_folder":
         if bp.path is None:
             raise BadDataError("basis.source is 'fid_folder' but basis.path is not set",
                                fix="set spectroscopy.basis.path")
-        return basis_io.read_fid_folder(bp.path, dwell_time=data.dwell_time,
-                                        central_frequency=data.spectrometer_frequency)
+        return calibrate_basis(basis_io.read_fid_folder(bp.path, dwell_time=data.dwell_time,
+                                                        central_frequency=data.spectrometer_frequency))
     if data.echo_time is None:
         raise BadDataError("EchoTime is missing: the basis cannot be simulated", path=data.path,
                            fix="add EchoTime (s) to the JSON sidecar or give a basis set (spectroscopy.basis)")
@@ -108,12 +117,13 @@ def preprocess_acquisition(acq: MrsAcquisition, params: SpectroscopyParams, desi
     ecc = refs.get("ecc")
     pparams = params.preprocess
     conj = {"auto": None, "yes": True, "no": False}[pparams.conjugate]
+    ecc_on = pparams.eddy_current_correction
     pre = pp.preprocess_svs(
         data.fid, dwell_time=data.dwell_time, spectrometer_frequency=data.spectrometer_frequency,
         water=None if water is None else water.fid,
-        ecc=None if (ecc is None or not pparams.eddy_current_correction) else ecc.fid,
+        ecc=None if (ecc is None or ecc_on is False) else ecc.fid,
         ppm_range=pparams.align_ppm_range, align=pparams.align, reject=pparams.reject,
-        reject_threshold=pparams.reject_threshold, conjugate=conj)
+        reject_threshold=pparams.reject_threshold, conjugate=conj, ecc_from_water=ecc_on is True)
     water_for_scaling = pre.water
     if "quant" in refs:  # a dedicated quantification reference, combined with the metabolite coil weights
         q = np.conj(refs["quant"].fid) if pre.conjugated else refs["quant"].fid
@@ -164,34 +174,83 @@ def fit_table(result, *, block: int, start: float, time_min: float, n: int, para
                 else np.nan
         row["snr"] = result.snr
         row["fwhm_hz"] = result.fwhm_hz
-        row["qc_pass"] = bool(np.isfinite(r["crlb_percent"]) and r["crlb_percent"] < params.max_crlb_percent)
+        reasons = list(result.qc_reasons)
+        pct = r["crlb_percent"]
+        if not np.isfinite(pct):
+            reasons.append("fitted at zero (CRLB n/a)" if r["concentration"] <= 0 else "CRLB not finite")
+        elif pct >= params.max_crlb_percent:
+            reasons.append(f"CRLB {pct:.0f} % >= {params.max_crlb_percent:g} %")
+        row["qc_pass"] = not reasons
+        row["qc_reason"] = "; ".join(reasons)
+        row["spectrum_qc_pass"] = bool(result.qc_pass)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def fit_figure(results: list, labels: list[str], title: str):
-    """Data, fit, baseline and residual (real parts) of each fitted spectrum, one panel per spectrum."""
+    """Data, fit, baseline, macromolecule/lipid components, removed water and residual of each fitted spectrum.
+
+    One panel per spectrum (real parts, phase corrected). Over the fit window: the data after water removal, the
+    fit, the baseline, and baseline + each nuisance group (macromolecules, lipids) so their share is visible;
+    beyond it, up to the water band, the data before removal and the HLSVD water that was removed. The legend
+    sits in its own row above the panels, so it never covers a panel's title; a panel whose fit failed QC says
+    so in red.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(n, 1, figsize=(7, 2.4 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.6 * n + 0.9), squeeze=False, layout="constrained")
+    colours = {"macromolecules": "tab:green", "lipids": "tab:purple"}
     for ax, res, label in zip(axes[:, 0], results, labels):
         ppm = res.ppm
-        offset = 1.1 * np.max(np.abs(res.data.real))
-        ax.plot(ppm, res.data.real, color="0.4", lw=0.7, label="data")
+        top = np.max(np.abs(res.data.real))
+        disp = getattr(res, "display", None) or {}
+        if disp:
+            dppm = np.asarray(disp["ppm"])
+            ax.plot(dppm, np.asarray(disp["data_before_removal"]).real, color="0.75", lw=0.6,
+                    label="data before water removal")
+            ax.plot(dppm, np.asarray(disp["removed_water"]).real, color="tab:cyan", lw=0.8,
+                    label="removed residual water (HLSVD)")
+        ax.plot(ppm, res.data.real, color="0.35", lw=0.7, label="data")
         ax.plot(ppm, res.fit.real, color="tab:red", lw=0.9, label="fit")
         ax.plot(ppm, res.baseline.real, color="tab:blue", lw=0.8, label="baseline")
-        ax.plot(ppm, res.residual.real + offset, color="0.2", lw=0.6, label="residual (offset)")
-        ax.set_xlim(ppm.max(), ppm.min())
-        ax.set_title(label, fontsize=8)
+        for gname, spec in (getattr(res, "group_spectra", None) or {}).items():
+            # group spectra are stored phase corrected, like the data
+            ax.plot(ppm, res.baseline.real + np.asarray(spec).real, color=colours.get(gname, "tab:olive"), lw=0.8,
+                    ls="--", label=f"baseline + {gname}")
+        ax.plot(ppm, res.residual.real + 1.1 * top, color="0.2", lw=0.6, label="residual (offset)")
+        lo = min(ppm.min(), float(np.min(disp["ppm"])) if disp else ppm.min())
+        hi = max(ppm.max(), float(np.max(disp["ppm"])) if disp else ppm.max())
+        ax.set_xlim(hi, lo)
+        ax.set_ylim(-0.6 * top, 1.6 * top)
+        ok = bool(getattr(res, "qc_pass", True))
+        reasons = "; ".join(getattr(res, "qc_reasons", ()) or ())
+        ax.set_title(label + ("" if ok else f" - QC FAILED: {reasons}"), fontsize=8, loc="left",
+                     color="black" if ok else "tab:red")
         ax.set_yticks([])
     axes[-1, 0].set_xlabel("chemical shift (ppm)")
-    axes[0, 0].legend(fontsize=6, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=4, frameon=False)
+    handles, names = [], []
+    for ax in axes[:, 0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in names:
+                handles.append(h)
+                names.append(lab)
+    fig.legend(handles, names, loc="outside upper center", ncol=4, fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _jsonable(d: dict) -> dict:
+    """Metadata values as JSON-friendly Python scalars."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        out[k] = v
+    return out
 
 
 def segmentation_fractions(inputs: ParticipantInputs, acq: MrsAcquisition):
@@ -258,9 +317,17 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
                 quant_meta["TissueFractionsSources"] = [writer.source_uri(inputs.anat.probseg_t1w[k])
                                                         for k in ("gm", "wm", "csf")]
         tables, results, labels = [], [], []
-        step(f"fitting {len(spectra)} spectra of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
-        for block, start, tmin, fid, n in progress(spectra, desc=f"sub-{inputs.subject} fMRS fits", unit="fits"):
-            res = fit_spectrum(fid, data.dwell_time, data.spectrometer_frequency, basis, params.fit)
+        kind = "spectra" if len(spectra) > 1 else "averaged spectrum (static single-voxel MRS)"
+        step(f"fitting {len(spectra)} {kind} of {acq.svs.name}", subject=inputs.subject, analysis="spectroscopy")
+        desc = f"sub-{inputs.subject} fMRS fits" if len(spectra) > 1 else f"sub-{inputs.subject} MRS fit"
+        for block, start, tmin, fid, n in progress(spectra, desc=desc, unit="fits"):
+            # the data are in the NIfTI-MRS convention already: preprocessing decided the sign once for them
+            res = fit_spectrum(fid, data.dwell_time, data.spectrometer_frequency, basis, params.fit,
+                               echo_time=data.echo_time)
+            label = f"block {block} ({tmin:+.1f} min)" if np.isfinite(tmin) else "average"
+            if not res.qc_pass:
+                LOG.warning("sub-%s: %s (%s): the fit failed QC: %s; its rows have qc_pass false and the group "
+                            "level leaves them out", inputs.subject, acq.svs.name, label, "; ".join(res.qc_reasons))
             water = None
             if water_area is not None:
                 from bids_ketamine.spectroscopy.quantify import DEFAULT_FRACTIONS, water_scaled
@@ -270,7 +337,7 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
                                      fractions=fr or DEFAULT_FRACTIONS,
                                      field_tesla=data.field_strength, params=params.quant)
             results.append(res)
-            labels.append(f"block {block} ({tmin:+.1f} min)" if np.isfinite(tmin) else "average")
+            labels.append(label)
             tables.append(fit_table(res, block=block, start=start, time_min=tmin, n=n, params=params, water=water))
         if water_area is not None and fr is None:
             msg = (f"{acq.svs.name}: {why_default}; water scaling uses the default fractions of "
@@ -281,11 +348,26 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
         table.insert(0, "pretreatment", acq.pretreatment if acq.pretreatment else np.nan)
         table.insert(0, "session_id", acq.session if acq.session else np.nan)
         table.insert(0, "participant_id", inputs.subject)
-        entities = {"sub": inputs.subject, "ses": acq.session, "task": acq.task, "acq": acq.acq, "run": acq.run}
+        entities = {"sub": inputs.subject, "ses": acq.session, "task": acq.task, "acq": acq.acq,
+                    "voi": getattr(acq, "voi", None), "run": acq.run}
         sources = [acq.svs, *acq.references.values(), *([acq.events] if acq.events else [])]
+        first = results[0]
         meta = {"CoilCombination": "weighted SVD", "Conjugated": pre.conjugated,
-                "TransientsRejected": int((~pre.keep).sum()), "Basis": dict(basis.metadata),
-                "BasisComponents": list(basis.names), **quant_meta}
+                "SignConvention": pre.sign.as_metadata() if pre.sign is not None else None,
+                "TransientsRejected": int((~pre.keep).sum()),
+                # what preprocessing did to this acquisition, as the methods text states it
+                "Preprocessing": {"Transients": int(len(pre.keep)),
+                                  "EddyCurrentCorrection": pre.eddy_current_reference,
+                                  "Aligned": pre.aligned, "TransientScreen": pre.rejection,
+                                  "Averaging": ("timed blocks" if len(spectra) > 1 or acq.events is not None
+                                                else "single average")},
+                "Basis": _jsonable(basis.metadata),
+                "BasisComponents": list(basis.names), "FittedComponents": list(first.names),
+                "Macromolecules": first.extras.get("macromolecules"), "RatioPriors": first.extras.get("priors"),
+                "ResidualWaterRemoval": [r.extras.get("water_removal") for r in results],
+                "BaselineSmoothness": [r.extras.get("baseline_smoothness") for r in results],
+                "FitQC": [{"spectrum": lab, "qc_pass": r.qc_pass, "reasons": list(r.qc_reasons)}
+                          for lab, r in zip(labels, results)], **quant_meta}
         figures = []  # built before anything of this acquisition is written
         if params.figures:
             figures.append((fit_figure(results, labels, acq.svs.name), "fit"))
@@ -312,6 +394,6 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
             outputs.append(writer.write_figure(fig, entities={"sub": inputs.subject, "desc": "glxtimecourse"},
                                                suffix="mrs"))
         else:
-            LOG.info("sub-%s: no Glx/tNAA time course figure: no timed fMRS block with Glx and tNAA",
-                     inputs.subject)
+            LOG.info("sub-%s: no Glx/tNAA time course figure: the spectra are single averages (static MRS), not "
+                     "timed fMRS blocks with Glx and tNAA", inputs.subject)
     return outputs

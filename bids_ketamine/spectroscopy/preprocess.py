@@ -181,31 +181,6 @@ def reject_outlier_transients(aligned: np.ndarray, *, dwell_time: float, spectro
     return keep
 
 
-#: Singlets of brain spectra (NAA, tCr, tCho; ppm) whose mirror images reveal data stored with the opposite sign.
-SIGN_CHECK_PPM = ((1.95, 2.06), (2.97, 3.07), (3.17, 3.25))
-
-
-def is_conjugated(fid: np.ndarray, dwell_time: float, spectrometer_frequency: float) -> bool:
-    """True when the spectrum looks mirrored about water (NAA/Cr/Cho stronger at 9.3 - ppm than at ppm).
-
-    Some converters store the complex conjugate of the NIfTI-MRS convention; fitting such data would be silently
-    wrong, so the sign is checked on the averaged data (baseline-robust: peak height above the window median).
-    """
-    f = np.atleast_2d(fid).reshape(-1, np.shape(fid)[-1]).mean(axis=0)
-    n = f.size
-    spec = np.abs(np.fft.fftshift(np.fft.fft(f)))
-    ppm = 4.65 + np.fft.fftshift(np.fft.fftfreq(n, dwell_time)) / spectrometer_frequency
-
-    def height(lo: float, hi: float) -> float:
-        sel = (ppm >= lo) & (ppm <= hi)
-        wide = (ppm >= lo - 0.3) & (ppm <= hi + 0.3)
-        return float(spec[sel].max() - np.median(spec[wide])) if sel.any() else 0.0
-
-    direct = sum(height(lo, hi) for lo, hi in SIGN_CHECK_PPM)
-    mirror = sum(height(9.3 - hi, 9.3 - lo) for lo, hi in SIGN_CHECK_PPM)
-    return mirror > 1.5 * max(direct, 0.0)
-
-
 # ---------------------------------------------------------------------------------------------------- fMRS timing
 def infusion_onset(events_tsv: str | Path, trial_type: str = "infusion") -> float:
     """Onset (s, from the start of the acquisition) of the events.tsv row whose trial_type starts the infusion."""
@@ -274,20 +249,28 @@ class Preprocessed:
     alignment: Alignment
     coil_weights: np.ndarray
     conjugated: bool = False  #: the inputs were conjugated to the NIfTI-MRS sign convention
+    #: The decision and its evidence (:mod:`bids_ketamine.spectroscopy.sign_convention`), for the sidecar.
+    sign: object = None
+    #: Which reference corrected eddy currents ("dedicated eddy-current reference", "water reference") or None.
+    eddy_current_reference: str | None = None
+    aligned: bool = False  #: transients were aligned by spectral registration (more than one transient)
+    rejection: bool = False  #: the outlier screen of transients ran (it needs at least four transients)
 
 
 def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency: float,
                    water: np.ndarray | None = None, ecc: np.ndarray | None = None,
                    ppm_range: tuple[float, float] = (0.2, 4.2), align: bool = True,
                    reject: bool = True, reject_threshold: float = 3.5, phase_to_peak_ppm: float | None = 3.03,
-                   conjugate: bool | None = None) -> Preprocessed:
+                   conjugate: bool | None = None, ecc_from_water: bool = True) -> Preprocessed:
     """The standard single-voxel chain on (n_coils, n_transients, n_points) data.
 
     ``water`` (n_coils, n_w, n_points) gives the coil weights and, averaged, the water reference; ``ecc`` (same
-    layout) is a dedicated eddy-current reference that is used instead of ``water`` for the correction when given.
+    layout) is a dedicated eddy-current reference that is used instead of ``water`` for the correction when given;
+    ``ecc_from_water=False`` corrects only with such a dedicated reference.
     Without any reference the weights come from the mean metabolite FID and no eddy-current correction is done.
     ``phase_to_peak_ppm`` phases the average so that the largest peak near that ppm (creatine) is real positive.
-    ``conjugate``: take the complex conjugate of all inputs (None: decide with :func:`is_conjugated`).
+    ``conjugate``: take the complex conjugate of all inputs (None: detect). Either way the decision is made here,
+    once, by :func:`bids_ketamine.spectroscopy.sign_convention.decide`, and recorded in ``Preprocessed.sign``.
     """
     fid = np.asarray(fid, complex)
     if fid.ndim != 3:
@@ -295,19 +278,22 @@ def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
     source = water if water is not None else fid
     weights = wsvd_coil_weights(np.asarray(source).mean(axis=1))
     comb = combine_coils(fid, weights)  # (n_transients, n_points)
-    if conjugate is None:
-        conjugate = is_conjugated(comb, dwell_time, spectrometer_frequency)
+    from bids_ketamine.spectroscopy.sign_convention import decide
+
+    sign = decide(comb, dwell_time, spectrometer_frequency, configured=conjugate)
+    conjugate = sign.conjugate
     if conjugate:
         fid, comb, weights = np.conj(fid), np.conj(comb), np.conj(weights)
         water = None if water is None else np.conj(water)
         ecc = None if ecc is None else np.conj(ecc)
     water_comb = combine_coils(np.asarray(water), weights).mean(axis=0) if water is not None else None
-    ecc_comb = None
+    ecc_comb, ecc_used = None, None
     if ecc is not None:
         e = np.asarray(ecc)
         ecc_comb = combine_coils(e, wsvd_coil_weights(e.mean(axis=1))).mean(axis=0)
-    elif water_comb is not None:
-        ecc_comb = water_comb
+        ecc_used = "dedicated eddy-current reference"
+    elif water_comb is not None and ecc_from_water:
+        ecc_comb, ecc_used = water_comb, "water reference"
     if ecc_comb is not None:
         comb = eddy_current_correct(comb, ecc_comb)
         if water_comb is not None:
@@ -325,7 +311,9 @@ def preprocess_svs(fid: np.ndarray, *, dwell_time: float, spectrometer_frequency
         phase = peak_phase(average, dwell_time, spectrometer_frequency, phase_to_peak_ppm)
         average = average * np.exp(-1j * phase)
         aligned = aligned * np.exp(-1j * phase)
-    return Preprocessed(aligned, keep, average, water_comb, alignment, weights, bool(conjugate))
+    return Preprocessed(aligned, keep, average, water_comb, alignment, weights, bool(conjugate), sign,
+                        eddy_current_reference=ecc_used, aligned=bool(align and comb.shape[0] > 1),
+                        rejection=bool(reject and comb.shape[0] >= 4))
 
 
 def peak_phase(fid: np.ndarray, dwell_time: float, spectrometer_frequency: float, ppm: float,

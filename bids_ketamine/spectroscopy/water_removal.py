@@ -1,53 +1,71 @@
-"""Residual water: find its lines by Hankel singular value decomposition (HSVD) so the fit can absorb them.
+"""Residual water removal: HLSVD decomposition of the FID, components inside the water band subtracted.
 
-The FID is modelled as a sum of damped complex exponentials (Barkhuijsen et al. 1987, J Magn Reson 73:553): the
-signal poles are the eigenvalues of the shift-invariance relation between the leading left singular vectors of the
-Hankel data matrix. The strong poles inside the water band are returned; the fit adds their line shapes, with free
-complex amplitudes, to its baseline. Nothing is subtracted from the data, so a decomposition that also captured some
-metabolite signal in the band cannot remove it: the metabolite basis and the water lines compete inside the fit.
+The FID is modelled as a sum of damped complex exponentials by HLSVD-PRO (Laudadio et al. 2002, J Magn Reson
+157:292; the Lanczos variant of Barkhuijsen et al. 1987's HSVD) through ``hlsvdpropy``, the pure-Python port
+that FSL-MRS uses for the same step. Components centred inside the band (default 4.2-5.2 ppm) are summed and
+subtracted from the whole FID, as FSL-MRS, Osprey and jMRUI do; the removed signal is kept so the sidecar and the
+fit figure can show what was taken away. The decomposition uses the first ``n_fit`` points, where the water signal
+lives; its components are then evaluated over the whole FID.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from scipy.linalg import hankel, svd
+
+#: Default band (ppm) whose HLSVD components count as residual water.
+WATER_BAND_PPM: tuple[float, float] = (4.2, 5.2)
 
 
-def hsvd_components(fid: np.ndarray, n_components: int = 25, n_fit: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Poles ``z`` and complex amplitudes ``a`` with ``fid[n] ~ sum_j a_j z_j^n`` from the first ``n_fit`` points."""
-    x = np.asarray(fid, complex)[: min(n_fit, fid.size)]
-    rows = x.size // 2
-    h = hankel(x[:rows], x[rows - 1:])
-    u = svd(h, full_matrices=False, lapack_driver="gesdd")[0][:, :n_components]
-    z = np.linalg.eigvals(np.linalg.lstsq(u[:-1], u[1:], rcond=None)[0])
-    vander = z[None, :] ** np.arange(x.size)[:, None]
-    a = np.linalg.lstsq(vander, x, rcond=None)[0]
-    return z, a
+@dataclass(frozen=True)
+class WaterRemoval:
+    """The FID after removal, what was removed, and a summary for the sidecar."""
+
+    fid: np.ndarray
+    removed: np.ndarray
+    band_ppm: tuple[float, float]
+    n_components: int
+    #: Removed signal's magnitude at t = 0 relative to the FID's: how much residual water there was.
+    removed_fraction: float
+
+    def summary(self) -> dict:
+        return {"Method": "HLSVD (hlsvdpropy)", "BandPpm": list(self.band_ppm), "ComponentsRemoved": self.n_components,
+                "RemovedFraction": self.removed_fraction}
 
 
-def water_poles(fid: np.ndarray, dwell_time: float, central_frequency: float, band_ppm: tuple[float, float],
-                ppm_reference: float = 4.65, n_components: int = 25, relative_amplitude: float = 0.05) -> np.ndarray:
-    """Decaying HSVD poles centred in ``band_ppm`` whose amplitude is at least ``relative_amplitude`` of the largest
-    one there: the lines of residual water."""
-    z, a = hsvd_components(fid, n_components)
-    ppm = ppm_reference + np.angle(z) / (2 * np.pi * dwell_time) / central_frequency
-    sel = (ppm >= band_ppm[0]) & (ppm <= band_ppm[1]) & (np.abs(z) < 1.0)
-    if not sel.any():
-        return np.zeros(0, complex)
-    amp = np.abs(a[sel])
-    return z[sel][amp >= relative_amplitude * amp.max()]
+def hlsvd_components(fid: np.ndarray, dwell_time: float, n_components: int = 25, n_fit: int = 512
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frequencies (Hz), decay rates (1/s, > 0 for decaying) and complex amplitudes of ``fid``'s HLSVD model.
 
-
-def band_peak_ratio(fid: np.ndarray, dwell_time: float, central_frequency: float, band_ppm: tuple[float, float],
-                    window_ppm: tuple[float, float], ppm_reference: float = 4.65) -> float:
-    """Largest spectral magnitude inside ``band_ppm`` over the largest in ``window_ppm`` outside the band.
-
-    The fit models residual water only when it is there (ratio above a threshold).
+    ``fid[k] ~ sum_j a_j exp((2 pi i f_j - r_j) k dwell_time)``, fitted on the first ``n_fit`` points.
     """
-    spec = np.abs(np.fft.fftshift(np.fft.fft(fid)))
-    ppm = ppm_reference + np.fft.fftshift(np.fft.fftfreq(fid.size, dwell_time)) / central_frequency
-    in_band = (ppm >= band_ppm[0]) & (ppm <= band_ppm[1])
-    in_window = (ppm >= window_ppm[0]) & (ppm <= window_ppm[1]) & ~in_band
-    if not in_band.any() or not in_window.any():
-        return 0.0
-    return float(spec[in_band].max() / max(spec[in_window].max(), 1e-300))
+    import hlsvdpropy
+
+    x = np.asarray(fid, complex)[: min(n_fit, np.size(fid))]
+    n_components = int(min(n_components, x.size // 2 - 1))
+    found, _, f_khz, damping_ms, amps, phases_deg = hlsvdpropy.hlsvd(x, n_components, dwell_time * 1000.0)
+    f_hz = np.asarray(f_khz[:found], float) * 1000.0
+    with np.errstate(divide="ignore"):
+        rate = -1000.0 / np.asarray(damping_ms[:found], float)  # hlsvdpro: exp(t / damping), damping < 0 decays
+    a = np.asarray(amps[:found], float) * np.exp(1j * np.radians(np.asarray(phases_deg[:found], float)))
+    return f_hz, rate, a
+
+
+def remove_residual_water(fid: np.ndarray, dwell_time: float, central_frequency: float, *,
+                          band_ppm: tuple[float, float] = WATER_BAND_PPM, ppm_reference: float = 4.65,
+                          n_components: int = 25, n_fit: int = 512) -> WaterRemoval:
+    """Subtract the HLSVD components whose frequency lies in ``band_ppm`` (NIfTI-MRS sign convention).
+
+    Growing components (negative decay rate) are never removed: they model noise, not water.
+    """
+    fid = np.asarray(fid, complex)
+    f_hz, rate, a = hlsvd_components(fid, dwell_time, n_components, n_fit)
+    ppm = ppm_reference + f_hz / central_frequency
+    sel = (ppm >= band_ppm[0]) & (ppm <= band_ppm[1]) & (rate > 0) & np.isfinite(rate)
+    t = np.arange(fid.size) * dwell_time
+    removed = np.zeros(fid.size, complex)
+    for f, r, amp in zip(f_hz[sel], rate[sel], a[sel]):
+        removed += amp * np.exp((2j * np.pi * f - r) * t)
+    return WaterRemoval(fid=fid - removed, removed=removed, band_ppm=tuple(band_ppm), n_components=int(sel.sum()),
+                        removed_fraction=float(np.abs(removed[0]) / max(np.abs(fid[0]), 1e-300)))

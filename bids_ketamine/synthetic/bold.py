@@ -422,8 +422,9 @@ def write_synthetic_bold_cohort(bids_root: Path, fmriprep_root: Path, subjects: 
 
 
 def write_synthetic_gene_table(path: Path, truth: dict[str, Any], *, seed: int, n_random: int = 4,
-                               planted_r: float = 0.8) -> dict[str, Any]:
-    """A parcels x genes table for the cortex of the default atlas, the demo's stand-in for AHBA expression.
+                               planted_r: float = 0.8, atlas=None) -> dict[str, Any]:
+    """A parcels x genes table for the cortex of the default atlas (or of ``atlas``, e.g. a surface parcellation),
+    the demo's stand-in for AHBA expression.
 
     ``PLANTED_C1`` follows the first planted delta-GBC component (correlation ``planted_r`` in expectation, the rest
     independent noise); ``RANDOM1..`` are smooth Gaussian fields (30 mm) unrelated to anything. Written so the demo
@@ -432,8 +433,8 @@ def write_synthetic_gene_table(path: Path, truth: dict[str, Any], *, seed: int, 
     from bids_ketamine.atlas import load_default_atlas
     from bids_ketamine.connectivity.genes import smooth_random_maps
 
-    atlas = load_default_atlas()
-    cortex = atlas.labels.query("structure == 'cortex'")["name"].tolist()
+    atlas = load_default_atlas() if atlas is None else atlas
+    cortex = [p for p in atlas.labels.query("structure == 'cortex'")["name"] if p in truth["components"]["C1"]]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
     c1 = np.array([truth["components"]["C1"][p] for p in cortex])
     c1 = (c1 - c1.mean()) / c1.std()

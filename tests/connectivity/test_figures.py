@@ -204,15 +204,17 @@ def test_group_figures_named_for_the_report_and_show_the_results(tmp_path):
     assert int(stats["significant"].sum()) == 2
 
     pr_fig = writer.saved[keys["participation"]]
-    anova = pd.read_csv(tmp_path / "group" / "desc-dimensionalityanova_stats.tsv", sep="\t").iloc[0]
+    pairwise = pd.read_csv(tmp_path / "group" / "desc-dimensionalitypairwise_stats.tsv", sep="\t").iloc[0]
     per_drug = pd.read_csv(tmp_path / "group" / "desc-dimensionality_stats.tsv", sep="\t")
-    title = pr_fig.axes[0].get_title()
-    assert f"ANOVA F({int(anova['df_between'])}, {int(anova['df_within'])}) = {anova['f']:.3g}" in title
+    assert "subject-level permutation tests, Holm" in pr_fig.axes[0].get_title()
+    assert f"{pairwise['difference']:+.3g}" in pr_fig.texts[0].get_text()
+    ci = _artist(pr_fig, "participation-ci")
     for drug in ("ketamine", "lsd"):
         shown = np.asarray(_artist(pr_fig, f"participation-{drug}").get_ydata())
         row = per_drug.set_index("drug").loc[drug]
         assert shown.size == row["n_subsamples"]
         assert np.isclose(shown.mean(), row["pr_mean"], rtol=1e-5)
+    np.testing.assert_allclose(ci.get_ydata(), per_drug["pr_mean"], rtol=1e-4)
 
 
 def test_participation_figure_with_one_drug_says_there_is_no_comparison():
@@ -221,7 +223,6 @@ def test_participation_figure_with_one_drug_says_there_is_no_comparison():
     rng = np.random.default_rng(2)
     comparison = compare_dimensionality({"ketamine": rng.standard_normal((8, 30))}, subsample_size=6,
                                         n_subsamples=15, seed=3)
-    fig = figs.participation_ratio_figure(comparison.subsamples, comparison.per_drug, comparison.anova,
-                                          comparison.pairwise)
+    fig = figs.participation_ratio_figure(comparison.subsamples, comparison.per_drug, comparison.pairwise)
     assert "one drug: no comparison" in fig.axes[0].get_title()
     assert np.allclose(_artist(fig, "participation-ketamine").get_ydata(), comparison.subsamples["participation_ratio"])

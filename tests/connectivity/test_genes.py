@@ -95,7 +95,7 @@ def test_surrogates_per_hemisphere_seeded_and_cached(tmp_path: Path, monkeypatch
         np.testing.assert_allclose(moran[:, half].mean(axis=1), values[half].mean())
         np.testing.assert_allclose(np.linalg.norm(moran[:, half], axis=1), np.linalg.norm(values[half]))
     with pytest.raises(ValueError, match="unknown surrogate method"):
-        gn.generate_surrogates(values, dist, n_surrogates=3, seed=1, settings=gn.SurrogateSettings(method="spin"))
+        gn.generate_surrogates(values, dist, n_surrogates=3, seed=1, settings=gn.SurrogateSettings(method="wavelet"))
     kwargs = dict(n_surrogates=30, seed=4, hemispheres=hemis, settings=per_hemi, cache_dir=tmp_path)
     np.testing.assert_array_equal(gn.cached_surrogates(values, dist, **kwargs), surr)
     assert len(list(tmp_path.glob("surrogates_*.npy"))) == 1

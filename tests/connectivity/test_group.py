@@ -75,7 +75,8 @@ def gene_table(path: Path, planted, atlas) -> Path:
 
 
 def small_params(**extra) -> ConnectivityParams:
-    return ConnectivityParams(n_shuffles=200, dimensionality_n_subsamples=50, n_surrogates=99, n_naive_shuffles=99,
+    return ConnectivityParams(n_shuffles=200, dimensionality_n_subsamples=50, dimensionality_n_permutations=99,
+                              dimensionality_test_subsamples=20, n_surrogates=99, n_naive_shuffles=99,
                               n_map_components=1, **extra)
 
 
@@ -101,6 +102,10 @@ def test_group_level_outputs_planted_structure_and_genes(tmp_path: Path, planted
         assert abs(np.corrcoef(comps[f"pc{k + 1}"], planted["maps"][k])[0, 1]) >= 0.9
     scores = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepca_scores.tsv", sep="\t", dtype={"participant_id": str})
     assert len(scores) == N_KETAMINE and scores["pc1"].abs().max() <= 1
+    projections = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepcaprojection_scores.tsv", sep="\t",
+                              dtype={"participant_id": str})
+    assert list(projections["participant_id"]) == list(scores["participant_id"])
+    assert projections["pc1"].abs().max() > 1       # in Fisher-z units, not bounded like a correlation
     null = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepca_null.tsv", sep="\t")
     assert null.shape == (200, 1 + N_KETAMINE - 1)
     assert (g / f"atlas-{atlas.name}_stat-z_desc-ketaminepc2_statmap.nii.gz").is_file()
@@ -109,8 +114,10 @@ def test_group_level_outputs_planted_structure_and_genes(tmp_path: Path, planted
     assert sidecar["NumberOfSignificantComponents"] == 2 and "p_value" in sidecar
     dim = pd.read_csv(g / "desc-dimensionality_stats.tsv", sep="\t").set_index("drug")
     assert dim.loc["ketamine", "pr_mean"] > dim.loc["lsd", "pr_mean"]
-    assert dim.loc["ketamine", "subsample_size"] == N_LSD
-    assert (g / "desc-dimensionalitypairwise_stats.tsv").is_file()
+    assert dim.loc["ketamine", "subsample_size"] == N_LSD - 1      # one below the smallest group
+    pairwise = pd.read_csv(g / "desc-dimensionalitypairwise_stats.tsv", sep="\t").iloc[0]
+    assert pairwise["difference"] > 0 and 0 < pairwise["p_holm"] <= 1    # ketamine: 2 planted PCs, lsd: 1
+    assert not (g / "desc-dimensionalitysubsampleanova_stats.tsv").exists()
     genes = pd.read_csv(g / f"atlas-{atlas.name}_desc-ketaminepc1genes_stats.tsv", sep="\t").set_index("gene")
     assert abs(genes.loc["LIKEPC1", "r"]) > 0.8 and genes.loc["LIKEPC1", "p_spatial"] <= 0.02
     assert genes.loc["LIKEPC1", "n_parcels"] == (atlas.labels["structure"] == "cortex").sum()

@@ -183,3 +183,21 @@ def test_demo_study_planting_model_found():
     assert result.n_significant == 2
     for k in range(2):
         assert abs(np.corrcoef(components[k], result.maps_z[k])[0, 1]) >= 0.9
+
+
+def test_projection_scores_recover_the_planted_scores():
+    """Projection scores (the published subject scores) of a noise-free planted matrix are the planted scores on the
+    unit-norm loadings, up to each component's sign; they agree with sklearn's PCA transform."""
+    from sklearn.decomposition import PCA
+
+    x, maps = planted_delta(25, 60, [1.5, 1.0], noise_sd=0.0, seed=4)
+    result = pca.delta_pca(x, n_shuffles=10, seed=0)
+    reference = PCA(n_components=2).fit(x).transform(x)
+    for k in range(2):
+        sign = np.sign(np.dot(result.projections[:, k], reference[:, k]))
+        np.testing.assert_allclose(sign * result.projections[:, k], reference[:, k], atol=1e-9)
+    unit = maps / np.linalg.norm(maps, axis=1, keepdims=True)
+    expected = (x - x.mean(axis=0)) @ unit.T
+    np.testing.assert_allclose(np.abs(result.projections[:, :2]), np.abs(expected), atol=1e-9)
+    # the correlation scores stay in [-1, 1]; the projections keep the scale (variance = eigenvalue)
+    np.testing.assert_allclose(result.projections[:, :2].var(axis=0, ddof=1), result.eigenvalues[:2], rtol=1e-9)

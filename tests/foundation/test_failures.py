@@ -150,6 +150,8 @@ NETS = {
     # participant jobs: run_one maps with io.failures.describe (test_net_of_the_participant_job)
     "structural/": "participant job or group analysis", "connectivity/": "participant job or group analysis",
     "spectroscopy/": "participant job or group analysis", "atlas.py": "participant job or group analysis",
+    # fsLR meshes and surface parcellations: read by connectivity's participant jobs and group analysis only
+    "surface.py": "participant job or group analysis", "surface_atlas.py": "participant job or group analysis",
     "workflows/": "participant job", "io/": "writer (io.failures.writing) and participant job",
     # main process: the CLI maps with io.failures.describe (test_net_of_the_main_process); group analyses are
     # mapped per analysis by orchestrate._run_group_analyses; reports never fail a run (build_reports_safely)

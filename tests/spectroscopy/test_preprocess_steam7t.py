@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bids_ketamine.spectroscopy.nifti_io import read_nifti_mrs, to_spectrum
-from bids_ketamine.spectroscopy.preprocess import (apply_shift_phase, align_transients, is_conjugated,
-                                                   preprocess_svs, reject_outlier_transients,
+from bids_ketamine.spectroscopy.sign_convention import decide
+from bids_ketamine.spectroscopy.preprocess import (apply_shift_phase, align_transients, preprocess_svs, reject_outlier_transients,
                                                    wsvd_coil_weights, combine_coils)
 
 pytestmark = pytest.mark.realdata
@@ -51,8 +51,9 @@ def _aligned_magnitude_correlation(fid_a, ppm_a, fid_b, ppm_b, lo=0.2, hi=4.2):
 
 def test_data_are_stored_conjugated_and_detected(steam, preprocessed):
     d = steam["svs"]
-    assert is_conjugated(d.fid[0], d.dwell_time, d.spectrometer_frequency)
-    assert preprocessed.conjugated
+    sign = decide(d.fid[0], d.dwell_time, d.spectrometer_frequency)
+    assert sign.conjugate and sign.mirror_height > 1.5 * sign.direct_height
+    assert preprocessed.conjugated and preprocessed.sign.conjugate  # decided once, in preprocessing
 
 
 def test_preprocessing_matches_reference_spectrum(steam, preprocessed):
