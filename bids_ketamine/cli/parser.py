@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
                           "exist")
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                      action="store_true", help="do not run bids-validator-deno on the input")
+    sel.add_argument("--participant-outputs", "--participant_outputs", dest="participant_outputs", nargs="+",
+                     type=Path, metavar="EXPORT", help="group level of a consortium: pool these site exports "
+                                                       "(`bids-ketamine export`) instead of participant outputs "
+                                                       "made in output_dir; bids_dir needs only participants.tsv")
     sel.add_argument("--bids-database-dir", "--bids_database_dir", dest="bids_database_dir", type=Path,
                      metavar="DIR", help="saved pybids index to reuse (created if absent); share it across jobs")
 

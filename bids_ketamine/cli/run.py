@@ -79,6 +79,8 @@ def build_config(args):
         load_bundle(args.model.absolute())  # refuse a changed or foreign bundle before anything is written
         sections["structural"] = {**sections.get("structural", {}), "model_file": str(args.model.absolute())}
         analyses = analyses or ["structural"]
+    if args.participant_outputs and level != "group":
+        raise UsageError("--participant-outputs is an option of the group level", fix="run it with 'group'")
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
     return RunConfig(
         bids_dir=bids_dir, output_dir=output_dir, level=level, work_dir=work_dir, design=design,
@@ -93,6 +95,7 @@ def build_config(args):
         use_plugin=args.use_plugin, stop_on_first_crash=args.stop_on_first_crash,
         dask_scheduler=args.dask_scheduler, random_seed=seed, dry_run=args.dry_run,
         reports_only=args.reports_only, rerun=args.rerun, verbose=args.verbose,
+        participant_outputs=[p.absolute() for p in args.participant_outputs] if args.participant_outputs else None,
     )
 
 
@@ -102,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         from bids_ketamine.cli.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "export":  # a site packs its features for a consortium (no images)
+        from bids_ketamine.cli.export import main as export_main
+
+        return export_main(argv[1:])
+    if argv and argv[0] == "brainlife":  # the brainlife.io app's entry (platforms/brainlife/main)
+        from bids_ketamine.platforms.brainlife import main as brainlife_main
+
+        return brainlife_main(argv[1:])
     from bids_ketamine.cli.parser import _build_parser
 
     parser = _build_parser()
