@@ -78,7 +78,21 @@ def main(argv: list[str]) -> int:
     print(f"demo: finished in {time.time() - started:.0f} s")
     print(f"  synthetic BIDS dataset : {bids_dir}")
     print(f"  planted ground truth   : {truth_file}")
-    print(f"  results (derivatives)  : {out_dir}")
-    for report in sorted(out_dir.glob("*.html")):
-        print(f"  report                 : {report}")
+    print_summary(out_dir)
     return EXIT_OK
+
+
+def print_summary(out_dir) -> None:
+    """Where the results are and what the analyses found: the same sentences as the group report's Findings."""
+    from bids_ketamine.reports.findings import FINDINGS_NAME, findings_lines
+
+    reports = sorted(out_dir.glob("sub-*.html"))
+    print(f"  results (derivatives)  : {out_dir}")
+    print(f"  findings (JSON)        : {out_dir / 'group' / FINDINGS_NAME}")
+    print(f"  participant reports    : {len(reports)} files sub-<label>.html in {out_dir}")
+    print(f"  group report           : {out_dir / 'group.html'}")
+    lines = findings_lines(out_dir)
+    if lines:
+        print("demo: findings")
+        for line in lines:
+            print(f"  - {line}")

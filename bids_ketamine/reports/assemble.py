@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_ketamine.reports.collect import OutputFolder, exclusion_notes, read_sidecar, table_exclusions
+from bids_ketamine.reports.numbers import NUMBER_IN_TEXT, format_cell, format_volume_mm3
 from bids_ketamine.reports.render import (
     Block,
     SizeBudget,
@@ -22,7 +23,7 @@ from bids_ketamine.reports.render import (
 )
 from bids_ketamine.reports.sections import guess_analysis, match_rule, rules_for
 
-STATUS_LABELS = {"ok": "ok", "not-run": "not run", "failed": "failed", "partial": "incomplete"}
+STATUS_LABELS = {"ok": "ok", "not-run": "not run", "failed": "failed", "partial": "incomplete", "warning": "warning"}
 
 
 @dataclass
@@ -140,7 +141,10 @@ def column_block(folder: OutputFolder, rule, tables: list[Path]) -> Block | None
         body = []
         for i in cols:
             values = list(dict.fromkeys(r[i] for r in rows if len(r) == len(header)))
-            body.append(f"{header[i]} = {', '.join(values)}" if 0 < len(values) <= 3 else
+            name, shown = header[i], [format_cell(v) for v in values]
+            if name.endswith("_mm3") and all(NUMBER_IN_TEXT.fullmatch(v.strip()) for v in values):
+                name, shown = name[: -len("_mm3")], [format_volume_mm3(float(v)) for v in values]
+            body.append(f"{name} = {', '.join(shown)}" if 0 < len(values) <= 3 else
                         f"{header[i]}: one value per row ({len(rows)} rows)")
         body.append(f"from {rel}")
         failed = qc_failure_lines(header, rows)

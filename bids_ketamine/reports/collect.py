@@ -15,6 +15,8 @@ from typing import Any
 ANALYSIS_NAMES = ("structural", "connectivity", "spectroscopy")
 _STATE_DIR = ".bids_ketamine"
 FIGURE_EXTENSIONS = (".svg", ".png")
+#: Files the reports themselves write into the output folder (not analysis outputs, so never shown as one).
+REPORT_WRITTEN_FILES = frozenset({"group/findings.json"})
 _RUN_STAMP = re.compile(r"run-(\d{8}-\d{6})_(participant|group)_pid(\d+)\.json$")
 
 
@@ -171,7 +173,8 @@ class OutputFolder:
                 continue
             if path.suffix in FIGURE_EXTENSIONS or path.suffix == ".tsv" or path.name.endswith(".nii.gz"):
                 found.append(path)
-            elif path.suffix == ".json" and not _is_sidecar(path):
+            elif path.suffix == ".json" and not _is_sidecar(path) and \
+                    self.rel(path) not in REPORT_WRITTEN_FILES:
                 found.append(path)  # a standalone summary an analysis wrote with write_json
         return found
 

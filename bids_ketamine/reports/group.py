@@ -1,7 +1,8 @@
 """The group report ``group.html`` and ``methods.md``, built only from what is in the output folder.
 
 Named ``group.html`` (beside the ``sub-<label>.html`` reports, as MRIQC's group reports sit beside its individual
-ones) because it covers all three analyses' group levels. Sections: overview of participants and statuses;
+ones) because it covers all three analyses' group levels. Sections: findings (one sentence per group analysis
+with its published anchor and a verdict, also written to ``group/findings.json``); run status as counts;
 prediction; heterogeneity; spectroscopy; errors and exclusions; methods.
 """
 
@@ -19,7 +20,8 @@ from bids_ketamine.errors import MissingInputError
 from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_section, sort_outputs
 from bids_ketamine.reports.boilerplate import build_methods, methods_html, write_methods
 from bids_ketamine.reports.collect import ANALYSIS_NAMES, OutputFolder, exclusion_notes
-from bids_ketamine.reports.render import Block, SizeBudget, render_page
+from bids_ketamine.reports.findings import Finding, collect_findings, write_findings
+from bids_ketamine.reports.render import Block, SizeBudget, failure_text, render_page
 from bids_ketamine.reports.sections import GROUP_SECTIONS
 
 #: The group report holds many figures; its budget is larger than a participant report's (still one file).
@@ -28,7 +30,7 @@ GROUP_REPORT_NAME = "group.html"
 
 
 def _overview(folder: OutputFolder) -> Section:
-    """Participants x analyses: ok / failed / not run, with a link to each participant report."""
+    """Run status as counts per analysis, failed participants listed first, the full participant table collapsed."""
     section = Section("overview", "Participants and run status")
     statuses = folder.participant_statuses()
     subjects = sorted(set(folder.subjects()) | {s for s, _ in statuses})
@@ -40,13 +42,16 @@ def _overview(folder: OutputFolder) -> Section:
     head = "<th>participant</th>" + "".join(f"<th>{a}</th>" for a in ANALYSIS_NAMES) + "<th>report</th>"
     rows = []
     counts = {a: [0, 0] for a in ANALYSIS_NAMES}
+    failed_lines = []
     for sub in subjects:
         cells = []
         for analysis in ANALYSIS_NAMES:
             status = statuses.get((sub, analysis))
             if status is not None and not status.get("ok"):
-                cells.append(f"<td title='{html.escape(str(status.get('message', '')), quote=True)}'>failed</td>")
+                cells.append(f"<td class='failed' title='{html.escape(str(status.get('message', '')), quote=True)}'>"
+                             "failed</td>")
                 counts[analysis][1] += 1
+                failed_lines.append(failure_text(f"sub-{sub} {analysis}: ", status))
             elif sub in done[analysis] or (status is not None and status.get("ok")):
                 cells.append("<td>ok</td>")
                 counts[analysis][0] += 1
@@ -58,30 +63,81 @@ def _overview(folder: OutputFolder) -> Section:
     runs = []
     for run in folder.runs:
         cfg = run.data.get("config") or {}
-        runs.append(f"<tr><td>{html.escape(run.path.name)}</td><td>{html.escape(run.level)}</td>"
-                    f"<td>{html.escape(str(run.data.get('version', '?')))}</td>"
-                    f"<td>{html.escape(str(cfg.get('random_seed', '?')))}</td>"
+        runs.append(f"<tr><td><code>{html.escape(run.path.name)}</code></td><td>{html.escape(run.level)}</td>"
+                    f"<td><code>{html.escape(str(run.data.get('version', '?')))}</code></td>"
+                    f"<td><code>{html.escape(str(cfg.get('random_seed', '?')))}</code></td>"
                     f"<td>{html.escape(', '.join(cfg.get('analyses') or []) or 'all available')}</td>"
-                    f"<td>{html.escape(str(cfg.get('bids_dir', '?')))}</td></tr>")
-    summary = "; ".join(f"{a}: {ok} done, {bad} failed" for a, (ok, bad) in counts.items() if ok or bad)
-    section.blocks.append(Block("note", body=f"{len(subjects)} participants. {summary or 'no analysis finished'}."))
+                    f"<td><code>{html.escape(str(cfg.get('bids_dir', '?')))}</code></td></tr>")
+    count_rows = "".join(f"<tr><td>{a}</td><td>{ok}</td><td{' class=failed' if bad else ''}>{bad}</td></tr>"
+                         for a, (ok, bad) in counts.items() if ok or bad)
+    section.blocks.append(Block("note", body=f"{len(subjects)} participants; "
+                                             f"{sum(bad for _, bad in counts.values())} participant-level failures."))
+    if failed_lines:
+        section.blocks.append(Block("list", "Failed participants", body=failed_lines, extra={"css": "errors"}))
+    if count_rows:
+        section.blocks.append(Block("html", "Participants per analysis", body=Markup(
+            "<div class='table-wrap'><table class='counts'><thead><tr><th>analysis</th><th>done</th><th>failed</th>"
+            f"</tr></thead><tbody>{count_rows}</tbody></table></div>")))
     section.blocks.append(Block("html", body=Markup(
-        f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")))
+        f"<details class='collapsed-table'><summary>Every participant ({len(subjects)}), with a link to each report"
+        f"</summary><div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></div></details>")))
     if runs:
-        section.blocks.append(Block("html", "Runs recorded in this folder (logs/)", body=Markup(
+        section.blocks.append(Block("html", body=Markup(
+            f"<details class='collapsed-table'><summary>Runs recorded in this folder (logs/): {len(runs)}</summary>"
             "<div class='table-wrap'><table><thead><tr><th>record</th><th>level</th><th>version</th><th>seed</th>"
-            "<th>analyses</th><th>BIDS folder</th></tr></thead><tbody>" + "".join(runs) + "</tbody></table></div>")))
+            "<th>analyses</th><th>BIDS folder</th></tr></thead><tbody>" + "".join(runs) + "</tbody></table></div>"
+            "</details>")))
     return section
 
 
-def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, methods=None) -> list[Section]:
+def _group_outcome(folder: OutputFolder, analysis: str, statuses: dict, group_ran: bool) -> tuple[str, str]:
+    """``("ran" | "failed" | "not-run", why)`` of one group analysis, from the run records."""
+    status = statuses.get(analysis)
+    if not group_ran:
+        return "not-run", "the group level has not run on this output folder"
+    if status is None:
+        from bids_ketamine.analyses import ANALYSES
+
+        return "not-run", ("no participant-level outputs of this analysis in the output folder"
+                           if not ANALYSES[analysis].has_group_inputs(folder.root)
+                           else "not selected in the group run (--analyses)")
+    if not status.get("ok"):
+        return "failed", f"{status.get('message', 'no message')} (exit code {status.get('exit_code')})"
+    return "ran", ""
+
+
+def findings_of(folder: OutputFolder, by_analysis: dict[str, list[Path]] | None = None) -> list[Finding]:
+    """The headline finding of each group analysis, from the group tables the run recorded."""
+    if by_analysis is None:
+        by_analysis = sort_outputs(folder, folder.files(folder.root / "group"), folder.group_outputs()).by_analysis
+    statuses = folder.group_statuses()
+    group_ran = folder.latest("group") is not None
+    outcomes = {a: _group_outcome(folder, a, statuses, group_ran) for a in ANALYSIS_NAMES}
+    return collect_findings(by_analysis, outcomes, folder.rel)
+
+
+def _findings_section(findings: list[Finding]) -> Section:
+    section = Section("findings", "Findings")
+    section.blocks.append(Block("findings", body=findings))
+    if not any(f.status == "ran" for f in findings):
+        section.status, section.reason = "not-run", "not run: no group analysis has results in this folder"
+    elif any(f.status == "failed" for f in findings):
+        section.status = "partial"
+    return section
+
+
+def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, methods=None,
+                   findings: list[Finding] | None = None) -> list[Section]:
     budget = budget or SizeBudget(GROUP_BUDGET_BYTES)
     files = folder.files(folder.root / "group")
     sorted_outputs = sort_outputs(folder, files, folder.group_outputs())
     problems = list(sorted_outputs.problems)
     statuses = folder.group_statuses()
     group_ran = folder.latest("group") is not None
-    sections = [_overview(folder)]
+    if findings is None:
+        findings = findings_of(folder, sorted_outputs.by_analysis)
+    sections = [_findings_section(findings), _overview(folder)]
     for section_id, title, analysis in GROUP_SECTIONS:
         section = Section(section_id, title)
         sections.append(section)
@@ -89,25 +145,14 @@ def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, me
             continue
         files_of = sorted_outputs.by_analysis.get(analysis, [])
         blocks, missing = analysis_blocks(folder, "group", analysis, files_of, budget, problems)
-        status = statuses.get(analysis)
-        failure = None if status is None or status.get("ok") else \
-            f"{status.get('message', 'no message')} (exit code {status.get('exit_code')})"
-        if not group_ran:
-            reason = "the group level has not run on this output folder"
-        elif status is None:
-            from bids_ketamine.analyses import ANALYSES
-
-            reason = ("no participant-level outputs of this analysis in the output folder"
-                      if not ANALYSES[analysis].has_group_inputs(folder.root)
-                      else "not selected in the group run (--analyses)")
-        else:
-            reason = None
+        outcome, why = _group_outcome(folder, analysis, statuses, group_ran)
+        failure = why if outcome == "failed" else None
+        reason = why if outcome == "not-run" else None
         finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
 
     errors = next(s for s in sections if s.id == "errors")
-    group_failures = [f"group {a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')}, {s.get('run')})"
-                      for a, s in sorted(statuses.items()) if not s.get("ok")]
-    participant_failures = [f"sub-{sub} {a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')})"
+    group_failures = [failure_text(f"group {a}: ", s, run=True) for a, s in sorted(statuses.items()) if not s.get("ok")]
+    participant_failures = [failure_text(f"sub-{sub} {a}: ", s)
                             for (sub, a), s in sorted(folder.participant_statuses().items()) if not s.get("ok")]
     exclusions = list(sorted_outputs.exclusions)
     for sidecar in sorted(folder.root.glob("sub-*/**/*.json")):  # participants' exclusion notes, one line each
@@ -154,7 +199,8 @@ def build_group_report(output_dir: Path) -> Path:
         raise MissingInputError("output folder not found", path=output_dir, fix="give the folder of an earlier run")
     folder = OutputFolder.read(output_dir)
     methods = build_methods(output_dir)
-    sections = group_sections(folder, methods=methods)
+    findings = findings_of(folder)
+    sections = group_sections(folder, methods=methods, findings=findings)
     page = render_page(title="bids_ketamine: group report",
                        subtitle=f"Group report · built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
                        sections=sections, version=__version__, built_from=output_dir.name)
@@ -163,6 +209,7 @@ def build_group_report(output_dir: Path) -> Path:
     path = output_dir / GROUP_REPORT_NAME
     atomic_write_text(path, page)
     write_methods(output_dir, methods)
+    write_findings(output_dir, findings, version=__version__)
     return path
 
 
@@ -179,4 +226,4 @@ def build_reports(output_dir: Path, subjects: list[str] | None = None, *, group:
     return paths
 
 
-__all__ = ["build_group_report", "build_reports", "group_sections"]
+__all__ = ["build_group_report", "build_reports", "findings_of", "group_sections"]

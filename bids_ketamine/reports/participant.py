@@ -1,6 +1,6 @@
 """The participant report ``sub-<label>.html``, built only from what is in the output folder.
 
-Sections: input inventory; anatomy; connectivity; spectroscopy; errors and exclusions; methods. Each analysis
+Sections: QC verdict per analysis (pass / warning / fail with reasons and key numbers); input inventory; anatomy; connectivity; spectroscopy; errors and exclusions; methods. Each analysis
 section shows its figures and tables (found with the mapping of ``sections.py``), or says why it did not run.
 """
 
@@ -14,7 +14,8 @@ from bids_ketamine.errors import MissingInputError
 from bids_ketamine.reports.assemble import Section, analysis_blocks, finish_section, sort_outputs
 from bids_ketamine.reports.boilerplate import build_methods, methods_html
 from bids_ketamine.reports.collect import OutputFolder
-from bids_ketamine.reports.render import Block, SizeBudget, render_page, table_block
+from bids_ketamine.reports.qc import participant_qc
+from bids_ketamine.reports.render import Block, SizeBudget, failure_text, render_page, table_block
 from bids_ketamine.reports.sections import PARTICIPANT_SECTIONS
 
 
@@ -64,17 +65,26 @@ def participant_sections(folder: OutputFolder, subject: str, *, budget: SizeBudg
         files_of = sorted_outputs.by_analysis.get(analysis, [])
         blocks, missing = analysis_blocks(folder, "participant", analysis, files_of, budget, problems)
         status = statuses.get(analysis)
-        failure = None if status is None or status.get("ok") else f"{status.get('message', 'no message')} " \
-                                                                   f"(exit code {status.get('exit_code')})"
+        failure = None if status is None or status.get("ok") else failure_text("", status)
         reason = skip.get(analysis)
         if reason is None and selected is not None and analysis not in selected and not files_of:
             reason = "not selected in this run (--analyses)"
         finish_section(section, blocks, failure=failure, skip_reason=reason, missing=missing)
         sections.append(section)
 
+    qc = next(s for s in sections if s.id == "qc")
+    failures = {a: failure_text("", s) for a, s in statuses.items() if not s.get("ok")}
+    verdicts = participant_qc(sorted_outputs.by_analysis, failures, skip)
+    qc.blocks.append(Block("qc", body=verdicts))
+    if any(v.verdict == "fail" for v in verdicts):
+        qc.status = "failed"
+    elif any(v.verdict == "warning" for v in verdicts):
+        qc.status = "warning"
+    elif all(v.verdict == "not run" for v in verdicts):
+        qc.status, qc.reason = "not-run", "not run: no analysis has outputs for this participant"
+
     errors = next(s for s in sections if s.id == "errors")
-    lines_failed = [f"{a}: {s.get('message', 'failed')} (exit code {s.get('exit_code')}, {s.get('run')})"
-                    for a, s in sorted(statuses.items()) if not s.get("ok")]
+    lines_failed = [failure_text(f"{a}: ", s, run=True) for a, s in sorted(statuses.items()) if not s.get("ok")]
     lines_skipped = [f"{a} not run: {d}" for a, d in sorted(skip.items())]
     if lines_failed:
         errors.blocks.append(Block("list", "Failures", body=lines_failed, extra={"css": "errors"}))

@@ -20,10 +20,12 @@ from typing import Any
 from markupsafe import Markup
 
 from bids_ketamine.reports.collect import read_sidecar
+from bids_ketamine.reports.numbers import format_cell, format_number
 
 #: A participant report must stay below 10 MB; figures beyond this budget are linked, not embedded (and said so).
 DEFAULT_BUDGET_BYTES = 9_500_000
-MAX_TABLE_ROWS = 40
+#: Long tables show their first rows only (the analyses sort them by importance), with a link to the whole file.
+MAX_TABLE_ROWS = 12
 MAX_TABLE_COLUMNS = 24
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +53,17 @@ class Block:
     body: Any = None
     details: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def failure_text(prefix: str, status: dict[str, Any], *, run: bool = False) -> Markup:
+    """A failure as the reports show it: ``prefix``, the program's message verbatim in ``<code>``, the exit code.
+
+    Why code: the message is the error line the run printed (file names, byte counts, library wording), quoted as
+    written; it is not a result, so it is neither rounded nor read as prose.
+    """
+    tail = f" (exit code {status.get('exit_code')}" + (f", {status.get('run')})" if run else ")")
+    return Markup("{}<code class=\"error-message\">{}</code>{}").format(prefix, status.get("message", "no message"),
+                                                                      tail)
 
 
 def figure_problem(path: Path, data: bytes) -> str | None:
@@ -87,15 +100,45 @@ def figure_block(path: Path, relpath: str, caption: str, budget: SizeBudget) -> 
     return Block("figure", caption, relpath, uri), None
 
 
+def _mm3_as_cm3(value: str) -> str:
+    """A cell recorded in mm^3 as cm3 (non-numbers such as ``n/a`` unchanged)."""
+    try:
+        return repr(float(value) / 1000.0)
+    except ValueError:
+        return value
+
+
 def _cell(value: str) -> str:
-    return html.escape(value)
+    """A table cell as shown: numbers rounded to 3 significant digits (the TSV keeps full precision)."""
+    return html.escape(format_cell(value))
+
+
+#: Units a table records volumes in; the reports show them in cm3 (the TSV keeps mm^3).
+_MM3 = ("mm^3", "mm3")
+
+
+def _in_cm3(spec: Any) -> bool:
+    return isinstance(spec, dict) and str(spec.get("Units", "")).replace(" ", "") in _MM3
+
+
+def _header(column: str, spec: Any) -> str:
+    """A column name with its unit from the sidecar (``gm_fraction_tiv``, ``gm_volume [cm3]``, ``crlb [%]``).
+
+    Volumes recorded in mm^3 are shown in cm3 (1962824 mm^3 reads as ``1960``, not ``1.96e6``); the ``_mm3``
+    suffix of the TSV's column name is dropped so the header does not name two units.
+    """
+    if _in_cm3(spec):
+        return f"{column.removesuffix('_mm3')} [cm3]"
+    units = spec.get("Units") if isinstance(spec, dict) else None
+    plain = str(units).replace("^", "") if units else ""
+    return f"{column} [{units}]" if units and str(units) != "1" and plain not in column else column
 
 
 def _column_title(spec: Any) -> str:
     if isinstance(spec, dict):
         parts = [str(spec.get("Description", ""))]
         if spec.get("Units"):
-            parts.append(f"[{spec['Units']}]")
+            parts.append(f"[{spec['Units']} in the TSV]" if _in_cm3(spec) else f"[{spec['Units']}]")
         if spec.get("Levels"):
             parts.append("levels: " + ", ".join(f"{k}={v}" for k, v in dict(spec["Levels"]).items()))
         return " ".join(p for p in parts if p)
@@ -123,11 +166,14 @@ def table_block(path: Path, relpath: str, caption: str, *, max_rows: int = MAX_T
                       f"<code>{html.escape(relpath)}</code>.</p>")
     else:
         shown = rows[:max_rows]
-        head = "".join(f'<th title="{html.escape(_column_title(sidecar.get(c)), quote=True)}">{_cell(c)}</th>'
-                       for c in header)
-        body_rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in shown)
-        more = (f"<p class='muted'>showing {len(shown)} of {n_rows} rows; the full table is "
-                f"<code>{html.escape(relpath)}</code>.</p>") if n_rows > len(shown) else ""
+        head = "".join(f'<th title="{html.escape(_column_title(sidecar.get(c)), quote=True)}">'
+                       f'{html.escape(_header(c, sidecar.get(c)))}</th>' for c in header)
+        cm3 = [_in_cm3(sidecar.get(c)) for c in header]
+        body_rows = "".join("<tr>" + "".join(f"<td>{_cell(_mm3_as_cm3(v) if to_cm3 else v)}</td>"
+                                             for v, to_cm3 in zip(row, cm3)) + "</tr>" for row in shown)
+        more = (f"<p class='muted'>showing the first {len(shown)} of {n_rows} rows (values rounded to 3 significant "
+                f"digits); the full table is <a href=\"{html.escape(relpath, quote=True)}\"><code>"
+                f"{html.escape(relpath)}</code></a>.</p>") if n_rows > len(shown) else ""
         body = Markup(f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{body_rows}"
                       f"</tbody></table></div>{more}")
     if budget is not None and not budget.take(len(body)):
@@ -156,12 +202,35 @@ def summary_block(path: Path, relpath: str, budget: SizeBudget, problems: list[s
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append(f"{relpath}: unreadable JSON ({exc})")
         return Block("note", "Summary", relpath, f"summary {relpath} could not be read")
-    text = json.dumps(data, indent=1, ensure_ascii=False, default=str)
+    text = _rounded_json(data)
     if len(text) > limit:
         text = text[:limit] + f"\n... (truncated; the full summary is {relpath})"
     if not budget.take(len(text)):
         return Block("note", "Summary", relpath, f"summary not embedded (size limit): {relpath}")
     return Block("pre", f"Summary ({relpath})", relpath, text, extra={"key": "summary"})
+
+
+_NUMBER_MARK = "\u00a7num\u00a7"
+
+
+def _rounded(value: Any) -> Any:
+    """A JSON value with every float marked for display at 3 significant digits (see :func:`_rounded_json`)."""
+    if isinstance(value, float):
+        return _NUMBER_MARK + format_number(value)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _rounded_json(data: Any) -> str:
+    """``data`` as indented JSON text with floats written as :func:`format_number` writes them (display only)."""
+    import re
+
+    text = json.dumps(_rounded(data), indent=1, ensure_ascii=False, default=str)
+    return re.sub(f'"{_NUMBER_MARK}([^"]*)"', lambda m: m.group(1) if m.group(1) not in ("n/a", "inf", "-inf")
+                  else f'"{m.group(1)}"', text)
 
 
 def glass_brain_uri(path: Path, title: str) -> str:

@@ -39,6 +39,7 @@ class ItemRule:
 
 #: Report sections in order: id, title, analysis whose outputs fill it (None: built from the run records).
 PARTICIPANT_SECTIONS = (
+    ("qc", "QC verdict", None),
     ("inventory", "Input inventory", "inventory"),
     ("anatomy", "Anatomy", "structural"),
     ("connectivity", "Connectivity", "connectivity"),

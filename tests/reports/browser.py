@@ -65,6 +65,11 @@ class PageCheck:
     broken_images: list[str] = field(default_factory=list)
     n_images: int = 0
     sections: dict[str, str] = field(default_factory=dict)  # section id -> data-status
+    #: section id -> the text a reader sees in it (innerText: closed <details> and hidden parts left out), without
+    #: citations and code (years, file names, versions and seeds are labels, not measured numbers)
+    visible_text: dict[str, str] = field(default_factory=dict)
+    findings: list[dict[str, str]] = field(default_factory=list)  # per li.finding: analysis, status, headline
+    qc_verdicts: list[dict[str, str]] = field(default_factory=list)  # per li.qc-verdict: analysis, verdict
     items: list[str] = field(default_factory=list)  # data-item keys with a figure or a table
     screenshot: Path | None = None
 
@@ -195,6 +200,23 @@ _PAGE_STATE = """(() => {
                          height: document.documentElement.scrollHeight});
 })()"""
 
+#: Read after the screenshot: hides citations and code to take each section's visible text.
+_PAGE_TEXT = """(() => {
+  const findings = Array.from(document.querySelectorAll('li.finding')).map(li => ({
+    analysis: li.dataset.analysis, status: li.dataset.status,
+    verdict: (li.querySelector('.verdict') || {}).innerText || '',
+    headline: (li.querySelector('.headline') || {}).innerText || ''}));
+  const qc = Array.from(document.querySelectorAll('li.qc-verdict')).map(li => ({
+    analysis: li.dataset.analysis, verdict: li.dataset.verdict}));
+  const style = document.createElement('style');
+  style.textContent = 'cite, code { display: none !important; }';
+  document.head.appendChild(style);
+  const texts = {};
+  document.querySelectorAll('section[id]').forEach(s => { texts[s.id] = s.innerText; });
+  style.remove();
+  return JSON.stringify({texts: texts, findings: findings, qc: qc});
+})()"""
+
 
 def check_page(chromium: str, html_path: Path, screenshot: Path | None = None, *, max_height: int = 12000,
                settle_s: float = 0.5) -> PageCheck:
@@ -226,6 +248,9 @@ def check_page(chromium: str, html_path: Path, screenshot: Path | None = None, *
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
                 result.screenshot = screenshot
+            text = json.loads(pipe.send("Runtime.evaluate", {"expression": _PAGE_TEXT, "returnByValue": True},
+                                        session=session)["result"]["value"])
+            result.visible_text, result.findings, result.qc_verdicts = text["texts"], text["findings"], text["qc"]
             pipe.drain(0.1)
         finally:
             pipe.close()

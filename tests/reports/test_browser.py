@@ -56,6 +56,11 @@ def test_reports_open_cleanly_with_every_section(chromium, fresh_output_folder, 
         assert result.n_images > 0
         assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     group = results["group.html"]
+    assert next(iter(group.sections)) == "findings"
+    assert len(group.findings) == 3  # one entry per analysis, each saying what became of it
+    sub01 = results["sub-01.html"]
+    assert next(iter(sub01.sections)) == "qc" and len(sub01.qc_verdicts) == 3
+    assert {v["analysis"]: v["verdict"] for v in results["sub-03.html"].qc_verdicts}["spectroscopy"] == "fail"
     for key in ("roc", "confusion", "permutation", "weights", "scree", "pc-maps", "scores",
                 "participation", "gene", "group-timecourse", "madrs", "mixed-model"):
         assert key in group.items, key

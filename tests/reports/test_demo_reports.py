@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bids_ketamine.reports.collect import OutputFolder, table_exclusions
+from bids_ketamine.reports.numbers import NUMBER_IN_TEXT, significant_digits
 
 from .browser import check_page
 from .test_reports import GROUP_IDS, PARTICIPANT_IDS
@@ -87,6 +88,23 @@ def _open(chromium: str, page: Path, tmp_path: Path):
     return result
 
 
+def _over_three_digits(result) -> dict[str, list[str]]:
+    """Numbers a reader sees with more than 3 significant digits, per section (methods text and code excepted)."""
+    found = {}
+    for section, text in result.visible_text.items():
+        if section == "methods":  # prose with the parameters as configured (seeds, counts), not results
+            continue
+        bad = [t for t in NUMBER_IN_TEXT.findall(text) if significant_digits(t) > 3]
+        if bad:
+            found[section] = bad[:10]
+    return found
+
+
+def _one_sentence(text: str) -> bool:
+    """One sentence: ends with a full stop and has no full stop followed by a new sentence inside."""
+    return text.endswith(".") and re.search(r"\.\s+[A-Z]", text[:-1]) is None
+
+
 def _missing(result, keys) -> list[str]:
     return [k for k in keys if k not in result.items]
 
@@ -96,6 +114,15 @@ def test_group_report_of_the_demo(chromium, demo_outputs, tmp_path):
     assert list(result.sections) == GROUP_IDS
     assert result.n_images > 0
     assert _missing(result, GROUP_ITEMS) == []
+    # findings first: one sentence per analysis that ran (every group analysis of the demo ran), with a verdict
+    assert next(iter(result.sections)) == "findings" and result.sections["findings"] == "ok"
+    ran = {a for a, s in OutputFolder.read(demo_outputs).group_statuses().items() if s.get("ok")}
+    assert ran == {"structural", "connectivity", "spectroscopy"}
+    assert sorted(f["analysis"] for f in result.findings if f["status"] == "ran") == sorted(ran)
+    for finding in result.findings:
+        assert _one_sentence(finding["headline"]), finding
+        assert finding["verdict"] in ("replicates", "partly replicates", "does not replicate"), finding
+    assert _over_three_digits(result) == {}
     # the gene item is the demo's real gene analysis (its synthetic gene table), not only the null calibration
     figures = {p.name for p in (demo_outputs / "group" / "figures").iterdir()}
     assert any(name.endswith("pc1genes_null.svg") for name in figures), sorted(figures)
@@ -138,6 +165,16 @@ def test_participant_report_of_the_demo(chromium, demo_outputs, failed_outputs, 
     assert page.stat().st_size < MAX_PARTICIPANT_BYTES, f"{page.name}: {page.stat().st_size} bytes"
     assert list(result.sections) == PARTICIPANT_IDS
     runs = _runs(demo_outputs, subject)
+    # the QC verdict comes first: one verdict per analysis, "not run" exactly for those the inventory skips
+    assert next(iter(result.sections)) == "qc"
+    verdicts = {v["analysis"]: v["verdict"] for v in result.qc_verdicts}
+    assert set(verdicts) == {"structural", "connectivity", "spectroscopy"}
+    if kind == "failed-or-excluded":  # a copy of the study where only spectroscopy ran, and failed
+        assert verdicts["spectroscopy"] == "fail" and result.sections["qc"] == "failed"
+    else:
+        assert {a for a, v in verdicts.items() if v != "not run"} == runs, verdicts
+        assert all(verdicts[a] == "pass" for a in runs), verdicts  # the demo's planted data are clean
+    assert _over_three_digits(result) == {}
     expected = ["inventory"]
     if "structural" in runs:
         expected += STRUCTURAL_ITEMS

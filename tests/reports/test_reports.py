@@ -17,8 +17,8 @@ from bids_ketamine.reports.sections import ITEM_RULES, guess_analysis, match_rul
 
 from .fixtures import make_output_folder
 
-PARTICIPANT_IDS = ["inventory", "anatomy", "connectivity", "spectroscopy", "errors", "methods"]
-GROUP_IDS = ["overview", "prediction", "heterogeneity", "spectroscopy", "errors", "methods"]
+PARTICIPANT_IDS = ["qc", "inventory", "anatomy", "connectivity", "spectroscopy", "errors", "methods"]
+GROUP_IDS = ["findings", "overview", "prediction", "heterogeneity", "spectroscopy", "errors", "methods"]
 
 
 def _section(page: str, section_id: str) -> str:
@@ -30,7 +30,7 @@ def _section(page: str, section_id: str) -> str:
 
 def _snapshot(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".html" and p.name != "methods.md"}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".html" and p.name not in ("methods.md", "findings.json")}
 
 
 def test_reports_only_rebuilds_without_touching_results(fresh_output_folder):
@@ -154,7 +154,10 @@ def test_group_report_sections(fresh_output_folder):
     overview = _section(page, "overview")
     assert "3 participants" in overview
     assert "Runs recorded in this folder" in overview and "_participant_pid" in overview and "_group_pid" in overview
-    assert "spectroscopy: 1 done, 1 failed" in overview
+    # run status as counts, failed participants listed before the (collapsed) table of every participant
+    assert "<td>spectroscopy</td><td>1</td><td class=failed>1</td>" in overview
+    assert overview.index("Failed participants") < overview.index("<details class='collapsed-table'>")
+    assert "sub-03 spectroscopy" in overview.split("<details")[0]
     errors = _section(page, "errors")
     assert "sub-03 spectroscopy" in errors and "exit code 65" in errors
     assert "ExcludedFrames" in errors
@@ -262,7 +265,7 @@ def test_tiv_held_in_the_regional_table_is_shown_not_missing(fresh_output_folder
     lines = morph.read_text().splitlines()
     morph.write_text("\n".join([lines[0] + "\ttiv_mm3"] + [line + "\t1523000" for line in lines[1:]]) + "\n")
     anatomy = _section(build_participant_report(fresh_output_folder, "01").read_text(), "anatomy")
-    assert 'data-item="tiv"' in anatomy and "tiv_mm3 = 1523000" in anatomy
+    assert 'data-item="tiv"' in anatomy and "tiv = 1520 cm3" in anatomy
     assert "Total intracranial volume (table)" not in anatomy  # not listed as missing
     spectroscopy = _section(build_participant_report(fresh_output_folder, "01").read_text(), "spectroscopy")
     qc = re.search(r'data-item="qc">(.*?)</div>', spectroscopy, flags=re.S)
