@@ -25,7 +25,8 @@ PARAM_MODELS = {
     "connectivity": ("bids_ketamine.connectivity.params", "ConnectivityParams"),
     "spectroscopy": ("bids_ketamine.spectroscopy.params", "SpectroscopyParams"),
 }
-TOP_LEVEL_KEYS = {"design", "random_seed", *PARAM_MODELS}
+#: ``[pooling]``: the consortium group level from site exports (``bids_ketamine.consortium.compat.PoolingParams``).
+TOP_LEVEL_KEYS = {"design", "random_seed", "pooling", *PARAM_MODELS}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -123,6 +124,8 @@ class RunConfig:
     reports_only: bool = False
     rerun: bool = False
     verbose: int = 0
+    #: group level: site exports to pool (``bids-ketamine export``), instead of participant outputs made here
+    participant_outputs: list[Path] | None = None
     _params: dict[str, BaseModel] = field(default_factory=dict)
 
     def params(self, analysis: str) -> BaseModel:
@@ -137,6 +140,8 @@ class RunConfig:
         record = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()
                   if not k.startswith("_") and k not in ("design", "analysis_sections")}
         record["derivatives"] = {k: str(v) for k, v in self.derivatives.items()}
+        if self.participant_outputs:
+            record["participant_outputs"] = [str(p) for p in self.participant_outputs]
         record["design"] = self.design.model_dump()
         record["parameters"] = {name: model.model_dump(mode="json") for name, model in self._params.items()}
         return record

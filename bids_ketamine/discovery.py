@@ -67,10 +67,16 @@ def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
 def find_derivatives(bids_dir: Path, explicit: dict[str, Path], output_dir: Path) -> dict[str, Path]:
     """Named derivative datasets: those given with -d, else every folder of bids_dir/derivatives (except ours)."""
     if explicit:
+        from bids_ketamine.annex import is_uninstalled_subdataset
+
         for name, path in explicit.items():
             if not Path(path).is_dir():
                 raise MissingInputError(f"derivatives {name!r} not found", path=path,
                                         fix="check the path given with -d/--derivatives (and its container mount)")
+            if is_uninstalled_subdataset(path):
+                raise MissingInputError(f"derivatives {name!r} is an uninstalled DataLad subdataset (empty folder)",
+                                        path=path, fix=f"install it with `datalad get -n {path}`, then re-run "
+                                                       "with --dry-run to list the files to retrieve")
         return {name: Path(p).absolute() for name, p in explicit.items()}
     found = {}
     root = bids_dir / "derivatives"

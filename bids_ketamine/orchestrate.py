@@ -114,6 +114,33 @@ def plan_table(cfg, inputs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant", "analysis", "runs", "detail"])
 
 
+def _mark_not_retrieved(cfg, inputs: dict, plan: pd.DataFrame) -> dict[tuple[str, str], list[Path]]:
+    """Jobs whose annexed inputs have no content (DataLad datasets): marked missing in the plan, never started."""
+    from bids_ketamine.annex import CONTENT_NOT_RETRIEVED, datalad_get_command, not_retrieved
+
+    from bids_ketamine.io.derivatives import DerivativesWriter
+
+    done = DerivativesWriter(cfg.output_dir)  # dropped after an earlier run finished it: skipped as done, not missing
+    found = {key: paths for key, paths in not_retrieved(cfg, inputs, plan).items()
+             if cfg.rerun or not done.is_done(*key)}
+    for (subject, analysis), paths in found.items():
+        at = (plan["participant"] == subject) & (plan["analysis"] == analysis)
+        plan.loc[at, "runs"] = False
+        plan.loc[at, "detail"] = f"{CONTENT_NOT_RETRIEVED}: {datalad_get_command(paths)}"
+    return found
+
+
+def _print_retrieval(not_retrieved: dict[tuple[str, str], list[Path]], stream=None) -> None:
+    """The ``datalad get`` that retrieves exactly what this run needs and does not have (nothing when complete)."""
+    if not not_retrieved:
+        return
+    from bids_ketamine.annex import datalad_get_command
+
+    paths = list(dict.fromkeys(p for _, found in sorted(not_retrieved.items()) for p in found))
+    print(f"Content not retrieved (git-annex) for {len(not_retrieved)} participant analyses; retrieve exactly what "
+          f"this run needs with:\n  {datalad_get_command(paths)}", file=stream or sys.stdout)
+
+
 def table_refusals(cfg, inputs: dict, plan: pd.DataFrame) -> dict[tuple[str, str], BidsKetamineError]:
     """``(participant, analysis) -> error`` for the jobs a defect of the study's tables stops (``tables``): only
     where the analysis applies (it would run, or connectivity has BOLD whose sessions' conditions are missing)."""
@@ -131,12 +158,15 @@ def table_refusals(cfg, inputs: dict, plan: pd.DataFrame) -> dict[tuple[str, str
 
 
 def print_plan(plan: pd.DataFrame, stream=None) -> None:
+    from bids_ketamine.annex import CONTENT_NOT_RETRIEVED
+
     stream = stream or sys.stdout
     print("Input inventory (what each analysis will use, or why it will not run):", file=stream)
     for subject, rows in plan.groupby("participant", sort=True):
         print(f"  sub-{subject}", file=stream)
         for row in rows.itertuples():
-            mark = "run " if row.runs else "FAIL" if str(row.detail).startswith("refused:") else "skip"
+            mark = "run " if row.runs else "miss" if str(row.detail).startswith(CONTENT_NOT_RETRIEVED) else \
+                "FAIL" if str(row.detail).startswith("refused:") else "skip"
             print(f"    [{mark}] {row.analysis:<13} {row.detail}", file=stream)
 
 
@@ -152,19 +182,23 @@ def run_participant_level(cfg) -> int:
     _validate(cfg)
     derivatives, subjects, participants, sessions, inputs = discover(cfg)
     plan = plan_table(cfg, inputs)
-    refused = table_refusals(cfg, inputs, plan)
+    not_retrieved = _mark_not_retrieved(cfg, inputs, plan)
+    refused = {key: error for key, error in table_refusals(cfg, inputs, plan).items() if key not in not_retrieved}
     for key, error in refused.items():  # the inventory says why the job is refused
         at = (plan["participant"] == key[0]) & (plan["analysis"] == key[1])
         plan.loc[at, "runs"] = False
         plan.loc[at, "detail"] = f"refused: {error}"
     if cfg.analyses is None:  # default: every analysis whose inputs exist for someone
-        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]) | {a for _, a in refused}, key=list(ANALYSES).index)
+        chosen = sorted(set(plan.loc[plan["runs"], "analysis"]) | {a for _, a in refused} |
+                        {a for _, a in not_retrieved}, key=list(ANALYSES).index)
     else:
         chosen = cfg.analyses
     refused = {k: v for k, v in refused.items() if k[1] in chosen}
+    not_retrieved = {k: v for k, v in not_retrieved.items() if k[1] in chosen}
     print_plan(plan[plan["analysis"].isin(chosen)] if chosen else plan)
+    _print_retrieval(not_retrieved)
     runnable = plan[plan["runs"] & plan["analysis"].isin(chosen)]
-    if runnable.empty and not refused:
+    if runnable.empty and not refused and not not_retrieved:
         not_built = plan[plan["detail"].str.contains("not built yet", regex=False)]
         if cfg.analyses and len(not_built) and set(not_built["analysis"]) >= set(cfg.analyses):
             raise NotBuiltError(not_built["detail"].iloc[0], fix="leave it out of --analyses")
@@ -188,12 +222,17 @@ def run_participant_level(cfg) -> int:
             continue
         writer.forget(row.participant, row.analysis)
         jobs.append((row.participant, row.analysis))
+    from bids_ketamine.annex import not_retrieved_error
     from bids_ketamine.workflows.participant import run_participant_jobs
 
     statuses = [{"subject": subject, "analysis": analysis, "ok": False, "exit_code": error.exit_code,
                  "message": str(error)} for (subject, analysis), error in sorted(refused.items())]
     for subject, analysis in refused:
         writer.forget(subject, analysis)  # a repaired table re-runs it
+    for (subject, analysis), paths in sorted(not_retrieved.items()):  # never started: content not retrieved
+        error = not_retrieved_error(subject, analysis, paths)
+        statuses.append({"subject": subject, "analysis": analysis, "ok": False, "exit_code": error.exit_code,
+                         "message": str(error)})
     statuses += run_participant_jobs(cfg, inputs, jobs, dataset_links=writer.dataset_links,
                                      container=writer.container) if jobs else []
     removed += writer.remove_stale_staging()  # of workers killed during this run (their locks died with them)
@@ -262,9 +301,15 @@ def clean_work_dir(cfg) -> list[str]:
 
 def run_group_level(cfg) -> int:
     """The group level; a run that fails as a whole (a refused table...) is still recorded in ``logs/`` with its
-    one-line reason, so the group report's "Errors and exclusions" lists it."""
-    _validate(cfg)
+    one-line reason, so the group report's "Errors and exclusions" lists it. With ``--participant-outputs``
+    (consortium), verified and compatible site exports are copied into the output folder first."""
     try:
+        if cfg.participant_outputs:
+            from bids_ketamine.consortium.pool import pool_into_output
+
+            pool_into_output(cfg)
+        else:
+            _validate(cfg)
         return _group_level(cfg)
     except BidsKetamineError as exc:
         record_failed_group_run(cfg, exc)
@@ -317,10 +362,25 @@ def _group_level(cfg) -> int:
     with resampling_backend(cfg.dask_scheduler):
         results, failures = _run_group_analyses(cfg, chosen, participants, sessions, writer)
     record_run(cfg, writer, {"group": results})
-    build_reports_safely(cfg.output_dir, [], group=True)
+    build_reports_safely(cfg.output_dir, subjects_written(cfg.output_dir, results), group=True)
     if not failures:
         return EXIT_OK
     return failures[0] if len(set(failures)) == 1 else EXIT_PARTICIPANT_FAILED
+
+
+def subjects_written(output_dir: Path, results: dict[str, Any]) -> list[str]:
+    """Participants a group analysis wrote into (``sub-<label>/...``, e.g. a saved model's per-patient prediction):
+    their reports are rebuilt with the group report, so the new item appears without a participant re-run."""
+    subjects = set()
+    for result in results.values():
+        for path in result.get("outputs", []):
+            try:
+                first = Path(path).relative_to(output_dir).parts[0]
+            except (ValueError, IndexError):
+                continue
+            if first.startswith("sub-") and (Path(output_dir) / first).is_dir():
+                subjects.add(first[len("sub-"):])
+    return sorted(subjects)
 
 
 def build_reports_safely(output_dir: Path, subjects: list[str], *, group: bool) -> list[Path]:

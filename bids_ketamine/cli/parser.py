@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
                           "exist")
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                      action="store_true", help="do not run bids-validator-deno on the input")
+    sel.add_argument("--participant-outputs", "--participant_outputs", dest="participant_outputs", nargs="+",
+                     type=Path, metavar="EXPORT", help="group level of a consortium: pool these site exports "
+                                                       "(`bids-ketamine export`) instead of participant outputs "
+                                                       "made in output_dir; bids_dir needs only participants.tsv")
     sel.add_argument("--bids-database-dir", "--bids_database_dir", dest="bids_database_dir", type=Path,
                      metavar="DIR", help="saved pybids index to reuse (created if absent); share it across jobs")
 
@@ -107,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("configuration and behaviour")
     other.add_argument("--config-file", "--config_file", dest="config_file", type=Path, metavar="FILE",
                        help="study design and analysis parameters (TOML, YAML or JSON); see README")
+    other.add_argument("--model", dest="model", type=Path, metavar="FILE",
+                       help="group level: apply this saved structural model bundle (group/structural/"
+                            "*_model.skops, with its .json card beside it) to every participant instead of training")
     other.add_argument("--random-seed", "--random_seed", "--seed", dest="random_seed", type=int, metavar="SEED",
                        help="seed for every random step (default 20240601 or the config file's)")
     other.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",

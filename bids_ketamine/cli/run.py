@@ -69,20 +69,33 @@ def build_config(args):
         raise UsageError(f"random_seed must be a non-negative integer, not {seed!r}", path=args.config_file)
     if args.use_plugin is not None and not args.use_plugin.is_file():
         raise UsageError("nipype plugin file not found", path=args.use_plugin, fix="give an existing YAML file")
+    analyses = args.analyses
+    sections = {k: v for k, v in data.items() if k not in ("design", "random_seed")}
+    if getattr(args, "model", None) is not None:
+        from bids_ketamine.structural.bundle import load_bundle
+
+        if level != "group":
+            raise UsageError("--model applies a saved model at the group level", fix="use analysis level 'group'")
+        load_bundle(args.model.absolute())  # refuse a changed or foreign bundle before anything is written
+        sections["structural"] = {**sections.get("structural", {}), "model_file": str(args.model.absolute())}
+        analyses = analyses or ["structural"]
+    if args.participant_outputs and level != "group":
+        raise UsageError("--participant-outputs is an option of the group level", fix="run it with 'group'")
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
     return RunConfig(
         bids_dir=bids_dir, output_dir=output_dir, level=level, work_dir=work_dir, design=design,
-        analysis_sections={k: v for k, v in data.items() if k not in ("design", "random_seed")},
+        analysis_sections=sections,
         config_path=args.config_file,
         participant_label=clean_labels(args.participant_label, "sub-", "participant"),
         session_label=clean_labels(args.session_label, "ses-", "session"),
         task_id=args.task_id, bids_filters=load_filters(args.bids_filter_file),
-        derivatives=dict(args.derivatives or []), analyses=args.analyses,
+        derivatives=dict(args.derivatives or []), analyses=analyses,
         skip_bids_validation=args.skip_bids_validation, bids_database_dir=args.bids_database_dir,
         nprocs=nprocs, omp_nthreads=args.omp_nthreads or 1, mem_gb=args.mem_gb, clean_workdir=args.clean_workdir,
         use_plugin=args.use_plugin, stop_on_first_crash=args.stop_on_first_crash,
         dask_scheduler=args.dask_scheduler, random_seed=seed, dry_run=args.dry_run,
         reports_only=args.reports_only, rerun=args.rerun, verbose=args.verbose,
+        participant_outputs=[p.absolute() for p in args.participant_outputs] if args.participant_outputs else None,
     )
 
 
@@ -92,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         from bids_ketamine.cli.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "export":  # a site packs its features for a consortium (no images)
+        from bids_ketamine.cli.export import main as export_main
+
+        return export_main(argv[1:])
+    if argv and argv[0] == "brainlife":  # the brainlife.io app's entry (platforms/brainlife/main)
+        from bids_ketamine.platforms.brainlife import main as brainlife_main
+
+        return brainlife_main(argv[1:])
     from bids_ketamine.cli.parser import _build_parser
 
     parser = _build_parser()

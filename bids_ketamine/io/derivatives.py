@@ -32,6 +32,7 @@ ENTITY_ORDER = (
 BIDSIGNORE_PATTERNS = (
     "*_morph.tsv", "*_morph.json", "*_relmat.tsv", "*_relmat.json", "*_timeseries.tsv", "*_timeseries.json",
     "*_gbc.tsv", "*_gbc.json", "*_mrsfit.tsv", "*_mrsfit.json", "*_stats.tsv", "*_stats.json",
+    "*_mrsdynamic.tsv", "*_mrsdynamic.json",
     "*_predictions.tsv", "*_predictions.json", "*_metrics.tsv", "*_metrics.json", "*_weights.tsv",
     "*_weights.json", "*_scores.tsv", "*_scores.json", "*_components.tsv", "*_components.json", "*_null.tsv",
     "*_null.json", "*_inventory.tsv", "*_inventory.json", "group", "logs", "figures", "*.html", "*.md",

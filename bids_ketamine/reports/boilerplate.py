@@ -114,6 +114,8 @@ class Methods:
     software: dict[str, str] = field(default_factory=dict)
     software_note: str = ""
     references: list[str] = field(default_factory=list)
+    #: pooled (consortium) group level: every site's participant-level parameters, as Markdown lines
+    site_parameters: list[str] = field(default_factory=list)
 
 
 def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -169,7 +171,8 @@ def _join(parts: list[str | None]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool) -> list[str]:
+def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
+                     scored: list[str] | None = None) -> list[str]:
     atlas = p.text("atlas_name", "atlas")
     atlas = f"the {atlas} atlas" if atlas else ("the default Desikan-Killiany atlas [desikan] (with left and right "
                                                 "cerebellum)")
@@ -211,6 +214,10 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool) -> lis
         repeats = p.text("n_repeats", "repeats", "outer_repeats")
         grid = p.text("c_grid", "C_grid", "c_values", "C_values", "cs")
         perms = p.text("n_permutations", "permutations")
+        perms = None if perms in ("0", "none") else perms
+        boot = p.get("n_bootstrap")
+        scored_text = " and ".join({"external": "the external ketamine cohort(s)", "saline": "the saline cohort"}[c]
+                                   for c in ("external", "saline") if c in (scored or []))
         pca = p.get("pca_components", "n_components", "pca")
         combat = p.get("harmonize", "harmonise", "combat", "use_combat")
         paras.append(_join([
@@ -224,12 +231,14 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool) -> lis
             "Performance was estimated with " + (f"{repeats} repeats of " if repeats else "repeated ")
             + (f"{outer}-fold " if outer else "") + "nested cross-validation, the cost C being tuned in an inner "
             + (f"{inner}-fold " if inner else "") + "loop" + (f" over {grid}" if grid else "") + "; predictions were "
-            "pooled per subject over repeats to compute balanced accuracy, sensitivity, specificity and AUC with "
-            "bootstrap confidence intervals.",
-            "Significance was assessed by re-running the whole nested cross-validation on "
-            + (f"{perms} " if perms else "") + "label permutations, p = (1 + #{permuted >= observed}) / (1 + N).",
-            "The model fitted on the whole discovery cohort was frozen and scored the external ketamine cohort(s) "
-            "and the saline cohort, each with its own permutation p. Classifier weights were made interpretable as "
+            "pooled per subject over repeats to compute balanced accuracy, sensitivity, specificity and AUC"
+            + (" with bootstrap confidence intervals." if boot != 0 else " (no bootstrap confidence intervals)."),
+            ("Significance was assessed by re-running the whole nested cross-validation on "
+             + f"{perms} label permutations, p = (1 + #{{permuted >= observed}}) / (1 + N).") if perms else
+            "No permutation test was run.",
+            (f"The model fitted on the whole discovery cohort was frozen and scored {scored_text}"
+             + (", each with its own permutation p." if perms else ".")) if scored_text else None,
+            "Classifier weights of the model fitted on the whole discovery cohort were made interpretable as "
             "activation patterns with the Haufe transform [haufe] (positive: towards response).",
         ]))
     return paras
@@ -488,6 +497,11 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             "with sex and crossover period terms and the sex x pretreatment x time interaction, time points nested "
             "in sessions within subjects, as in Jelen et al. [jelen2025].",
             ("The fitted models, as recorded with the results: " + " ".join(models)) if models else None,
+            ("Besides these block-wise fits, the blocks of every session were fitted jointly (dynamic fit: line "
+             "shape, phases, shift and baseline shared across blocks, concentrations constant before the infusion "
+             "onset and linear after it), and each session's slope and level with their standard errors from the "
+             "joint covariance entered an inverse-variance weighted summary-statistics mixed model."
+             if any(m.startswith("Dynamic fit") for m in models) else None),
             "MADRS change was modelled by condition x time.",
         ]))
     return paras
@@ -603,15 +617,24 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
         f"Random seed: {_fmt(_seed(folder))}." if _seed(folder) is not None else None,
     ])
     methods.sections.append(("Overview", [intro]))
+    from bids_ketamine.consortium.methods import (merged_parameters, read_pooled_sites, site_parameter_lines,
+                                                  sites_paragraphs)
+
+    pooled = read_pooled_sites(folder.root)  # a consortium group level: the features were made at the sites
+    if pooled:
+        methods.sections.append(("Sites and their participant-level runs", sites_paragraphs(*pooled)))
+        methods.site_parameters = site_parameter_lines(pooled[0])
     for analysis in analyses:
         flat = flatten(recorded.get(analysis, {}))
+        if pooled:
+            flat = merged_parameters(pooled[0], analysis, flat)
         methods.parameters[analysis] = flat
         extra = {k: v for k, v in sidecar_params.get(analysis, {}).items()
                  if not any((f == k or f.endswith("." + k)) and _fmt(flat[f]) == _fmt(v) for f in flat)}
         methods.sidecar_parameters[analysis] = extra
         lookup = _Lookup({**extra, **flat})
         if analysis == "structural":
-            paras = _structural_text(lookup, design, analysis in group)
+            paras = _structural_text(lookup, design, analysis in group, _scored_cohorts(folder))
         elif analysis == "connectivity":
             paras = _connectivity_text(lookup, analysis in group) + _fd_fallback_text(folder)
         else:
@@ -628,6 +651,21 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
         cited.append("sklearn")
     methods.references = cited
     return methods
+
+
+def _scored_cohorts(folder: OutputFolder) -> list[str]:
+    """Cohorts the structural group level scored (from its predictions table), so the text names only those."""
+    found: set[str] = set()
+    for path in sorted((folder.root / "group" / "structural").glob("*_predictions.tsv")):
+        try:
+            header, *rows = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError):
+            continue
+        columns = header.split("\t")
+        if "cohort" in columns:
+            at = columns.index("cohort")
+            found |= {row.split("\t")[at] for row in rows if len(row.split("\t")) > at}
+    return sorted(found)
 
 
 def _fd_fallback_text(folder: OutputFolder) -> list[str]:
@@ -689,6 +727,8 @@ def methods_markdown(methods: Methods) -> str:
             lines += ["", "Recorded in the outputs' sidecars:", ""]
             lines += [f"- `{k}` = `{_fmt(v)}`" for k, v in sorted(extra.items())]
         lines.append("")
+    if methods.site_parameters:
+        lines += ["## Participant-level parameters per site", ""] + methods.site_parameters
     lines += ["## Software", ""]
     if methods.software_note:
         lines += [methods.software_note, ""]
@@ -714,6 +754,10 @@ def methods_html(methods: Methods) -> Markup:
                         for k, v in sorted({**extra, **params}.items()))
         out.append(f"<details><summary>{html.escape(analysis)} ({len(params) + len(extra)} parameters)</summary>"
                    f"<ul>{items or '<li>none recorded</li>'}</ul></details>")
+    if methods.site_parameters:
+        items = "".join(f"<li>{html.escape(line.lstrip('- ').replace('`', ''))}</li>"
+                        for line in methods.site_parameters if line.startswith("- "))
+        out.append(f"<details><summary>participant-level parameters per site</summary><ul>{items}</ul></details>")
     out.append("<h3>Software</h3>")
     if methods.software_note:
         out.append(f"<p class='muted'>{html.escape(methods.software_note)}</p>")

@@ -64,6 +64,11 @@ ITEM_RULES: tuple[ItemRule, ...] = (
     ItemRule("participant", "inventory", "table", "inventory", r"(^|_)inventory" + _TSV,
              "What each analysis uses for this participant, or what is missing and why"),
     # ------------------------------------------------------------------ participant: anatomy
+    # before the general anatomy figure rule, which a figure name with an atlas or site word could match
+    ItemRule("participant", "structural", "figure", "model-prediction", r"desc-model_prediction" + _FIG,
+             "Saved model applied to this patient: probability on the calibration map (with interval), score "
+             "among the training classes, regions that drove the score (summary, flags and limitations below)",
+             optional=True),
     ItemRule("participant", "structural", "figure", "gm-over-t1w",
              r"(gm|grey|gray|probseg|segment|mosaic|anat|t1w|structural|qc)[^/]*" + _FIG,
              "Modulated grey-matter map over the T1w in MNI space"),
@@ -149,7 +154,7 @@ ANALYSIS_HINTS: tuple[tuple[str, str], ...] = (
     ("spectroscopy", r"(/mrs/|_svs|_mrs\.|mrsfit|glx|tnaa|spectr|fmrs|madrs|pretreat|naltrexone)"),
     ("connectivity", r"(/func/|bold|gbc|relmat|_timeseries|carpet|framewise|scrub|scree|participation|"
                      r"gene|pvalb|minusplacebo|pca|dimensionality|nullcalibration|statmap)"),
-    ("structural", r"(/anat/|_morph|t1w|probseg|tiv|roc|confusion|weights|predictions|metrics|saline|external|"
+    ("structural", r"(/anat/|_morph|t1w|probseg|tiv|roc|confusion|weights|predictions?|metrics|saline|external|"
                    r"haufe|/structural/)"),
 )
 

@@ -325,6 +325,48 @@ def participant_timecourse_figure(fits: pd.DataFrame, numerator: str = "Glx", de
     return fig
 
 
+def dynamic_timecourse_figure(series: list[tuple[str, object, pd.DataFrame]], numerator: str = "Glx",
+                              denominator: str = "tNAA"):
+    """Block-wise ``numerator/denominator`` points with the dynamic fit's time course and 95 % band, per session.
+
+    ``series``: (label, :class:`~bids_ketamine.spectroscopy.dynamic_fit.DynamicFitResult`, the acquisition's
+    ``_mrsfit.tsv`` rows). With the default time model (constant, then linear from the onset) the line and band
+    are drawn over time from its coefficients; with another design, at the blocks (implied ratios, 95 % bars). A
+    session whose joint fit failed QC is drawn dashed and marked in the legend.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    z = stats.norm.ppf(0.975)
+    for i, (label, result, fits) in enumerate(series):
+        color = f"C{i % 10}"
+        points = ratio_with_crlb(fits.assign(series=label), numerator, denominator)
+        points = points[np.isfinite(points["block_time_min"].astype(float))]
+        ax.errorbar(points["block_time_min"], points["ratio"], yerr=points["ratio_sd"], color=color, fmt="o",
+                    ms=4, capsize=2, lw=0.8, label=f"{label}: block-wise fits (CRLB)")
+        mark = "" if result.qc_pass else " - FAILED QC"
+        style = "-" if result.qc_pass else "--"
+        if result.design.kind == "hinge":
+            est, cov = result.ratio_time_model(numerator, denominator)
+            t = np.linspace(float(np.min(result.block_minutes)), float(np.max(result.block_minutes)), 200)
+            rows = np.stack([np.ones_like(t), np.clip(t, 0, None)], axis=1)
+            value = rows @ est
+            band = z * np.sqrt(np.clip(np.einsum("ij,jk,ik->i", rows, cov, rows), 0, None))
+            ax.plot(t, value, style, color=color, lw=1.4,
+                    label=f"{label}: dynamic fit, slope {est[1]:+.4f}/min{mark}")
+            ax.fill_between(t, value - band, value + band, color=color, alpha=0.2, lw=0)
+        else:
+            ratio, se = result.block_ratios(numerator, denominator)
+            ax.errorbar(result.block_minutes, ratio, yerr=z * se, fmt=style, color=color, lw=1.4, capsize=3,
+                        label=f"{label}: dynamic fit ({result.design.kind}){mark}")
+    ax.axvline(0.0, color="0.5", ls="--", lw=0.8)
+    ax.set_xlabel("minutes from infusion onset")
+    ax.set_ylabel(f"{numerator}/{denominator}")
+    ax.set_title(f"{numerator}/{denominator}: dynamic fit with 95 % band, block-wise fits as points", fontsize=9)
+    ax.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def group_timecourse_figure(frame: pd.DataFrame, outcome: str, *, level: float = 0.95):
     """Group ``outcome`` per block by pretreatment: means with t confidence intervals over subject-sessions.
 

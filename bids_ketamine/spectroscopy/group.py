@@ -55,6 +55,41 @@ def read_fit_tables(output_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def read_dynamic_tables(output_dir: Path) -> pd.DataFrame:
+    """All participant-level ``_mrsdynamic.tsv`` tables (dynamic fits' time-model coefficients), stacked; empty
+    when the participant level fitted block-wise only."""
+    paths = sorted(Path(output_dir).glob("sub-*/**/*_mrsdynamic.tsv"))
+    frames = [pd.read_csv(p, sep="\t", na_values=["n/a"], dtype={"participant_id": str, "session_id": str})
+              for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def dynamic_model_tables(dynamic: pd.DataFrame, outcomes: list[str], participants: pd.DataFrame,
+                         sessions: pd.DataFrame | None) -> list[pd.DataFrame]:
+    """Summary-statistics models (:mod:`.group_summary`) of each ``outcome`` (e.g. Glx/tNAA) from the sessions'
+    dynamic-fit level and slope with their SEs; sessions whose joint fit failed QC are left out (named in a
+    warning)."""
+    from bids_ketamine.spectroscopy.group_summary import fit_time_model_group
+
+    failed = dynamic[~dynamic["qc_pass"].astype(bool)][["participant_id", "session_id"]].drop_duplicates()
+    if len(failed):
+        LOG.warning("spectroscopy group: %d session(s) whose dynamic fit failed QC are left out of the dynamic "
+                    "model (%s); see qc_reason in their _mrsdynamic.tsv", len(failed),
+                    ", ".join(f"sub-{r.participant_id}" + (f" ses-{r.session_id}" if isinstance(r.session_id, str)
+                                                           else "") for r in failed.itertuples()))
+    tables = []
+    for outcome in outcomes:
+        d = dynamic[(dynamic["quantity"] == outcome) & dynamic["qc_pass"].astype(bool)]
+        if d["participant_id"].nunique() < 2:
+            continue
+        frame = model_frame(d, participants, sessions)
+        try:
+            tables.append(fit_time_model_group(frame, outcome))
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            LOG.warning("spectroscopy group: the dynamic (summary-statistics) model of %s failed (%s)", outcome, exc)
+    return tables
+
+
 def ratio_long(fits: pd.DataFrame, numerator: str, denominator: str = "tNAA") -> pd.DataFrame:
     """One row per subject x session x block with ``value`` = numerator / denominator."""
     num = fits[fits["metabolite"] == numerator].set_index(["participant_id", "session_id", "block"])
@@ -139,6 +174,13 @@ def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", s
     return pd.DataFrame(rows)
 
 
+DYNAMIC_MODEL_DOC = (
+    "Dynamic fit with a summary-statistics mixed model: every session's blocks fitted jointly (level before the "
+    "infusion onset, linear slope per minute after it); each session's slope (terms time, pretreatment_x_time, "
+    "sex_x_time, sex_x_pretreatment_x_time) and level (intercept, pretreatment, sex, sex_x_pretreatment, period) "
+    "modelled on pretreatment * sex (+ period for the level) with the first-level standard errors as known "
+    "variances and REML subject and session variances (inverse-variance weighted).")
+
 _WARNED: set[tuple[str, str]] = set()
 
 
@@ -218,6 +260,15 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
             coef_tables.append(fit_mixed_model(in_model, outcome, time_col="block_time_min"))
         except (np.linalg.LinAlgError, ValueError) as exc:
             LOG.warning("spectroscopy group: the mixed model of %s failed (%s)", outcome, exc)
+    dynamic_tables = []
+    if getattr(params, "time_fit", "blockwise") == "dynamic":
+        dynamic = read_dynamic_tables(output_dir)
+        if dynamic.empty:
+            LOG.warning("spectroscopy group: time_fit is 'dynamic' but no participant wrote a _mrsdynamic.tsv "
+                        "(no timed blocks on both sides of the infusion onset?); only the block-wise model is fitted")
+        else:
+            dynamic_tables = dynamic_model_tables(dynamic, [f"{m}/tNAA" for m in metabolites], participants,
+                                                  sessions)
     mad = madrs_long(sessions)
     madrs_table = None
     if not mad.empty and mad["participant_id"].nunique() > 1:
@@ -239,7 +290,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     if params.figures and not mad.empty and mad["pretreatment"].notna().any():
         figures.append((madrs_change_figure(mad), "madrschange"))
     sources = sorted(Path(output_dir).glob("sub-*/**/*_mrsfit.tsv"))
-    model_doc = ("MixedLM (REML): value ~ time * pretreatment * sex + period, random intercept per subject and "
+    model_doc = ("Block-wise fits (every block fitted on its own), MixedLM (REML): value ~ time * pretreatment * sex + period, random intercept per subject and "
                  "variance component per session; time = minutes since infusion onset (block mean), pretreatment "
                  "naltrexone = 1 / placebo = 0, sex male = +0.5 / female = -0.5.")
     if coef_tables:
@@ -247,6 +298,11 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
                                           entities={"desc": "fmrslmm"}, suffix="stats", columns=STATS_COLUMNS,
                                           sources=sources, datatype="spectroscopy", description=model_doc,
                                           parameters=params.model_dump(mode="json")))
+    if dynamic_tables:
+        outputs.append(writer.write_table(
+            pd.concat(dynamic_tables, ignore_index=True), entities={"desc": "fmrsdynamicmodel"}, suffix="stats",
+            columns=STATS_COLUMNS, sources=sorted(Path(output_dir).glob("sub-*/**/*_mrsdynamic.tsv")),
+            datatype="spectroscopy", description=DYNAMIC_MODEL_DOC, parameters=params.model_dump(mode="json")))
     if courses:
         tc = pd.concat(courses, ignore_index=True)
         tc_cols = {"outcome": STATS_COLUMNS["outcome"], "pretreatment": "Pretreatment of the session.",

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bids_ketamine.spectroscopy.dynamic_params import DynamicFitParams
 from bids_ketamine.spectroscopy.fit_params import FitParams
 from bids_ketamine.spectroscopy.quantify import QuantParams, TissueFractions
 
@@ -66,4 +67,12 @@ class SpectroscopyParams(BaseModel):
         "(macromolecule and lipid components left out).")
     model_from_minute: float = Field(0.0, description="Group model uses blocks whose centre is at or after this "
                                      "many minutes from the infusion onset.")
+    time_fit: Literal["dynamic", "blockwise"] = Field(
+        "dynamic", description="First-level estimate of the time course that the group's pretreatment x time model "
+        "uses: 'dynamic' = all blocks of a session fitted jointly (spectroscopy.dynamic), each session's time-model "
+        "level and slope with their SEs in an inverse-variance weighted mixed model (about half the slope SD of "
+        "block-wise fitting on simulated sessions); 'blockwise' = every block fitted on its own and the block "
+        "values in the mixed model of Jelen et al. 2025 (the dynamic fit is then not run). Block fits and their "
+        "mixed model are written either way.")
+    dynamic: DynamicFitParams = DynamicFitParams()
     figures: bool = Field(True, description="Write a fit figure per spectrum and group time-course figures.")

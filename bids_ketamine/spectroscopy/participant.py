@@ -15,6 +15,7 @@ import pandas as pd
 
 from bids_ketamine.errors import BadDataError, UnusableInputError
 from bids_ketamine.inputs import MrsAcquisition, ParticipantInputs
+from bids_ketamine.spectroscopy import dynamic_tables
 from bids_ketamine.spectroscopy.nifti_io import MrsData, check_reference_matches, read_nifti_mrs
 from bids_ketamine.spectroscopy.params import SpectroscopyParams
 
@@ -287,6 +288,21 @@ def _voxel_fractions(inputs: ParticipantInputs, acq: MrsAcquisition, params: Spe
     return fr, "" if fr is not None else "no T1w-space tissue segmentation (GM/WM/CSF probseg) for the voxel"
 
 
+def _dynamic_fit(subject: str, acq: MrsAcquisition, spectra: list, data, basis, params: SpectroscopyParams):
+    """The joint fit of an acquisition's timed blocks when ``time_fit`` is 'dynamic' (else None); a fit that fails
+    QC is kept (its rows say qc_pass false) and named in a warning."""
+    if params.time_fit != "dynamic" or not dynamic_tables.timed_blocks(spectra):
+        return None
+    from bids_ketamine.progress import step
+
+    step(f"dynamic fit of the {len(spectra)} blocks of {acq.svs.name}", subject=subject, analysis="spectroscopy")
+    result = dynamic_tables.fit_acquisition(spectra, data, basis, params)
+    if not result.qc_pass:
+        LOG.warning("sub-%s: %s: the dynamic fit of all blocks failed QC: %s; its rows have qc_pass false and the "
+                    "group level leaves the session out", subject, acq.svs.name, "; ".join(result.qc_reasons))
+    return result
+
+
 def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, design, writer, work_dir: Path,
                     seed: int, n_procs: int = 1) -> list[Path]:
     """Preprocess and fit every acquisition of one participant; write tables and figures with ``writer``."""
@@ -297,7 +313,7 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
 
     if not inputs.mrs:
         raise BadDataError("no spectroscopy acquisition", fix="leave spectroscopy out for this participant")
-    outputs, all_tables = [], []
+    outputs, all_tables, dynamic_series = [], [], []
     for acq in inputs.mrs:
         data, pre, spectra = preprocess_acquisition(acq, params, design)
         basis = load_basis(params, data)
@@ -345,6 +361,8 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
                    "spectroscopy.tissue_fractions)")
             LOG.warning(msg)
         table = pd.concat(tables, ignore_index=True)
+        dynamic = _dynamic_fit(inputs.subject, acq, spectra, data, basis, params)
+        table = dynamic_tables.add_block_values(table, dynamic)
         table.insert(0, "pretreatment", acq.pretreatment if acq.pretreatment else np.nan)
         table.insert(0, "session_id", acq.session if acq.session else np.nan)
         table.insert(0, "participant_id", inputs.subject)
@@ -367,7 +385,9 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
                 "ResidualWaterRemoval": [r.extras.get("water_removal") for r in results],
                 "BaselineSmoothness": [r.extras.get("baseline_smoothness") for r in results],
                 "FitQC": [{"spectrum": lab, "qc_pass": r.qc_pass, "reasons": list(r.qc_reasons)}
-                          for lab, r in zip(labels, results)], **quant_meta}
+                          for lab, r in zip(labels, results)]
+                + ([{"spectrum": "dynamic fit of all blocks", "qc_pass": dynamic.qc_pass,
+                     "reasons": list(dynamic.qc_reasons)}] if dynamic is not None else []), **quant_meta}
         figures = []  # built before anything of this acquisition is written
         if params.figures:
             figures.append((fit_figure(results, labels, acq.svs.name), "fit"))
@@ -381,12 +401,32 @@ def run_participant(inputs: ParticipantInputs, *, params: SpectroscopyParams, de
                 figures.append((voxel_fig, "voxel"))
             series = "_".join(f"{k}-{v}" for k, v in entities.items() if v and k != "sub") or acq.svs.name
             all_tables.append(table.assign(series=series))
+            if dynamic is not None:
+                dynamic_series.append((series, dynamic, table))
         outputs.append(writer.write_table(
-            table, entities=entities, suffix="mrsfit", columns=TABLE_COLUMNS, sources=sources, datatype="mrs",
+            table, entities=entities, suffix="mrsfit", columns={**TABLE_COLUMNS, **dynamic_tables.BLOCK_COLUMNS},
+            sources=sources, datatype="mrs",
             description="Linear-combination fit of each (block-)averaged spectrum.",
             parameters=params.model_dump(mode="json"), metadata=meta))
+        if dynamic is not None:
+            dyn_table = dynamic_tables.time_model_table(dynamic, params.ratio_denominators)
+            dyn_table.insert(0, "pretreatment", acq.pretreatment if acq.pretreatment else np.nan)
+            dyn_table.insert(0, "session_id", acq.session if acq.session else np.nan)
+            dyn_table.insert(0, "participant_id", inputs.subject)
+            outputs.append(writer.write_table(
+                dyn_table, entities=entities, suffix="mrsdynamic", columns=dynamic_tables.DYNAMIC_COLUMNS,
+                sources=sources, datatype="mrs",
+                description="Dynamic fit: all blocks of the acquisition fitted jointly; time-model coefficients "
+                            "of every metabolite and ratio with SEs from the joint covariance.",
+                parameters=params.model_dump(mode="json"), metadata=dynamic_tables.qc_metadata(dynamic)))
         for fig, desc in figures:
             outputs.append(writer.write_figure(fig, entities={**entities, "desc": desc}, suffix="mrs"))
+    if params.figures and dynamic_series:
+        from bids_ketamine.spectroscopy.figures import dynamic_timecourse_figure
+
+        fig = dynamic_timecourse_figure(dynamic_series, "Glx", "tNAA")
+        outputs.append(writer.write_figure(fig, entities={"sub": inputs.subject, "desc": "glxdynamic"},
+                                           suffix="mrs"))
     if params.figures:
         timed = ratio_with_crlb(pd.concat(all_tables, ignore_index=True), "Glx", "tNAA")
         if np.isfinite(timed["block_time_min"].astype(float)).any():

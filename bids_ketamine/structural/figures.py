@@ -76,3 +76,75 @@ def permutation_figure(observed: float, null: np.ndarray, p_value: float, *, met
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def calibration_figure(curve, *, title: str):
+    """Reliability diagram: mean predicted probability against observed fraction per bin (marker size = n)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    if len(curve):
+        ax.plot(curve["mean_predicted"], curve["fraction_positive"], color="tab:blue", lw=1.5)
+        ax.scatter(curve["mean_predicted"], curve["fraction_positive"], s=12 + 6 * curve["n"], color="tab:blue",
+                   label="bins (size = n)", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed fraction positive")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    ax.set_aspect("equal")
+    return fig
+
+
+def patient_figure(*, score: float, probability: float, interval: tuple[float, float], slope: float,
+                   intercept: float, boot_slopes: np.ndarray, boot_intercepts: np.ndarray, oof_scores: np.ndarray,
+                   oof_labels: np.ndarray, contributions, positive: str, negative: str, title: str):
+    """One patient: probability on the calibration map, score among training classes, top contributing regions."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from scipy.special import expit
+
+    oof = np.asarray(oof_scores, dtype=float)
+    labels = np.asarray(oof_labels).astype(bool)
+    low, high = min(oof.min(), score), max(oof.max(), score)
+    pad = 0.1 * (high - low or 1.0)
+    grid = np.linspace(low - pad, high + pad, 200)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    ax = axes[0]
+    if len(boot_slopes):
+        band = expit(np.outer(boot_slopes, grid) + np.asarray(boot_intercepts)[:, None])
+        ax.fill_between(grid, *np.quantile(band, [0.025, 0.975], axis=0), color="tab:blue", alpha=0.2,
+                        label="95% bootstrap band")
+    ax.plot(grid, expit(slope * grid + intercept), color="tab:blue", label="calibration map")
+    ax.errorbar([score], [probability], yerr=[[probability - interval[0]], [interval[1] - probability]],
+                fmt="o", color="tab:red", capsize=3, label=f"this patient: {probability:.2f}")
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("decision score")
+    ax.set_ylabel(f"P({positive})")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax = axes[1]
+    rng = np.random.default_rng(0)
+    for k, (mask, name, colour) in enumerate(((labels, positive, "tab:green"), (~labels, negative, "tab:orange"))):
+        ax.scatter(oof[mask], k + rng.uniform(-0.15, 0.15, mask.sum()), s=10, color=colour, alpha=0.7)
+    ax.axvline(score, color="tab:red", lw=2, label="this patient")
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_yticks([0, 1], [f"training\n{positive}", f"training\n{negative}"], fontsize=7)
+    ax.set_xlabel("decision score (training: out-of-fold)")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    top = contributions.head(8).iloc[::-1]
+    ax.barh(top.index, top.values, color=np.where(top.values > 0, "tab:green", "tab:orange"))
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel(f"contribution to score (+ towards {positive})")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -70,3 +70,20 @@ def region_map(values: pd.Series, atlas) -> object:
     img = nib.Nifti1Image(lookup[data], atlas.image.affine)
     img.header.set_xyzt_units("mm")
     return img
+
+
+def score_contributions(pipeline, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per subject and region: weight x the subject's harmonised, standardised deviation from the training mean.
+
+    For the linear model these add up (with the intercept) to the decision score, so they say which regions drove
+    a patient's score and in which direction (positive = towards the positive class).
+    """
+    steps = dict(pipeline.steps)
+    names = list(steps["combat"].feature_names_)
+    z = steps["scale"].transform(steps["combat"].transform(frame))
+    w = steps["svm"].coef_[0]
+    if "pca" in steps:
+        w = steps["pca"].components_.T @ w
+    if "norm" in steps:
+        w = w / np.sqrt(steps["norm"].n_features_in_)
+    return pd.DataFrame(np.asarray(z) * w, columns=names, index=frame.index)

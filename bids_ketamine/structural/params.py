@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,6 +40,12 @@ class StructuralParams(BaseModel):
     n_permutations: int = Field(1000, ge=0, le=100000, description="Label permutations; each re-runs the whole "
                                                                     "nested CV (and scores external cohorts).")
     n_bootstrap: int = Field(2000, ge=0, le=100000, description="Bootstrap resamples for confidence intervals.")
+    calibration_bootstrap: int = Field(1000, ge=0, le=100000,
+                                       description="Bootstrap refits of the calibration map (Platt, on out-of-fold "
+                                                   "scores) behind each subject's probability interval.")
+    model_file: Path | None = Field(None, description="Apply this saved model bundle (group/structural/"
+                                                      "*_model.skops) to every participant instead of training; "
+                                                      "also set by --model.")
     ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     solver_tol: float = Field(1e-2, gt=0, le=0.1, description="Stopping tolerance of the SVM dual solver: "
                                                                "largest coordinate step x Q_ii in the last sweep "

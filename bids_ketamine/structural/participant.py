@@ -307,7 +307,7 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = Non
         columns=MORPH_COLUMNS, sources=features.inputs, parameters=parameters, float_format="%.9g",
         description="Regional grey-matter volumes and total intracranial volume of one participant",
         metadata={"FeatureSource": features.source, "Atlas": features.atlas_source,
-                  "TIV_mm3": features.tiv_mm3, **features.details}))
+                  "TemplateSpace": features.space, "TIV_mm3": features.tiv_mm3, **features.details}))
     if figure is not None:
         outputs.append(writer.write_figure(figure, entities=map_entities, suffix="probseg", extension=".png"))
     return outputs

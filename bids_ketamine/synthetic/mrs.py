@@ -65,6 +65,90 @@ def _nifti_bytes(fid: np.ndarray, dim_tags: tuple[str, ...], metadata: dict, aff
     return img.to_bytes()
 
 
+class FmrsSimulator:
+    """One synthetic fMRS acquisition at a time, in memory: what :func:`write_synthetic_fmrs_cohort` writes.
+
+    Built once per acquisition layout (transients, coils, points); :meth:`subject` draws a subject's baseline
+    Glx/tNAA offset and line shape, :meth:`session` one session's raw coil x transient data and water reference.
+    Benchmarks draw many sessions from it without writing files; the same generator state gives the same arrays.
+    """
+
+    def __init__(self, *, n_transients: int = 128, n_coils: int = 4, n_points: int = 2048):
+        from bids_ketamine.spectroscopy.quantify import QuantParams, RELAXATION_3T, attenuation
+        from bids_ketamine.spectroscopy.simulate import simulate_basis
+
+        self.n_transients, self.n_coils, self.n_points = n_transients, n_coils, n_points
+        self.basis = simulate_basis(spectrometer_frequency=SPECTROMETER_MHZ, echo_time=ECHO_TIME, sequence="PRESS",
+                                    dwell_time=DWELL, n_points=n_points)
+        self.names = list(self.basis.names)
+        self.repetition_time = N_BLOCKS * BLOCK_SECONDS / n_transients
+        self.onset_seconds = N_BASELINE_BLOCKS * BLOCK_SECONDS
+        self.t = np.arange(n_points) * DWELL
+        #: acquisition time of each transient relative to the infusion onset (min)
+        self.minutes = (np.arange(n_transients) * self.repetition_time - self.onset_seconds) / 60.0
+        tr = self.repetition_time
+
+        def r_met(name: str) -> float:
+            t1, t2 = RELAXATION_3T.metabolite(name)
+            return attenuation(ECHO_TIME, tr, t1, t2) if name in BRAIN_MM else 1.0
+
+        relax = np.array([r_met(n) for n in self.names])
+        #: fitted amplitudes (basis units) of every component before the infusion
+        self.base_amp = np.array([BRAIN_MM.get(n, MM_AMPLITUDE.get(n, 0.0)) for n in self.names]) * relax
+        self._i_glu, self._i_gln = self.names.index("Glu"), self.names.index("Gln")
+        self.tnaa = self.base_amp[self.names.index("NAA")] + self.base_amp[self.names.index("NAAG")]
+        self.glx0 = self.base_amp[self._i_glu] + self.base_amp[self._i_gln]
+        self._content = QuantParams().water_content
+        self._relax_water = (RELAXATION_3T, attenuation)
+
+    def water_amplitude(self, fractions: dict[str, float]) -> float:
+        """Water signal (basis units) of the voxel's tissue mix: 2 protons x visible water (Near et al. 2021)."""
+        from bids_ketamine.spectroscopy.quantify import PURE_WATER_MM
+
+        relax, attenuation = self._relax_water
+        return 2 * PURE_WATER_MM * sum(
+            fractions[k] * self._content[k] * attenuation(ECHO_TIME, self.repetition_time, relax.water_t1[k],
+                                                          relax.water_t2[k]) for k in fractions)
+
+    def subject(self, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        """A subject's baseline Glx/tNAA offset and time-domain line shape (Lorentzian 3-5 Hz, Gaussian 2-4 Hz)."""
+        r_subject = rng.normal(0.0, 0.03)
+        lor = rng.uniform(3.0, 5.0)  # Lorentzian FWHM (Hz)
+        gau = rng.uniform(2.0, 4.0)  # Gaussian FWHM (Hz)
+        t = self.t
+        return r_subject, np.exp(-np.pi * lor * t - (np.pi * gau * t) ** 2 / (4 * np.log(2)))
+
+    def session(self, rng: np.random.Generator, subject: tuple[float, np.ndarray], slope: float,
+                water_amp: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Raw data (coils, transients, points), water reference (coils, 4, points) and the planted baseline
+        Glx/tNAA of one session whose Glx/tNAA rises by ``slope`` per minute after the onset."""
+        r_subject, lineshape = subject
+        n_transients, n_coils, t = self.n_transients, self.n_coils, self.t
+        base_amp, i_glu, i_gln, glx0 = self.base_amp, self._i_glu, self._i_gln, self.glx0
+        r0 = glx0 / self.tnaa + r_subject + rng.normal(0.0, 0.01)
+        ratio = r0 + slope * np.clip(self.minutes, 0.0, None)
+        glx = ratio * self.tnaa  # Glx amplitude per transient
+        conc = np.tile(base_amp, (n_transients, 1))
+        conc[:, i_glu] = glx * base_amp[i_glu] / glx0
+        conc[:, i_gln] = glx * base_amp[i_gln] / glx0
+        drift = np.cumsum(rng.normal(0.0, 0.15, n_transients)) + rng.normal(0.0, 1.0)  # Hz
+        phase = rng.normal(0.0, np.deg2rad(8.0), n_transients) + rng.uniform(-np.pi, np.pi)
+        eddy = 0.4 * np.exp(-t / 0.04) * rng.choice([-1.0, 1.0])  # rad, shared with the water reference
+        coil = (rng.uniform(0.5, 1.0, n_coils) * np.exp(1j * rng.uniform(-np.pi, np.pi, n_coils)))
+        noise_scale = rng.uniform(0.8, 1.2, n_coils)
+        clean = (conc @ self.basis.fids) * lineshape * np.exp(1j * (2 * np.pi * drift[:, None] * t
+                                                                    + phase[:, None] + eddy))
+        data = coil[:, None, None] * clean[None]
+        data += NOISE_SD * noise_scale[:, None, None] * (rng.standard_normal(data.shape)
+                                                          + 1j * rng.standard_normal(data.shape))
+        n_ref = 4
+        water = water_amp * lineshape * np.exp(1j * (2 * np.pi * drift[0] * t + eddy))
+        ref = coil[:, None, None] * np.tile(water, (n_ref, 1))[None]
+        ref += NOISE_SD * noise_scale[:, None, None] * (rng.standard_normal(ref.shape)
+                                                         + 1j * rng.standard_normal(ref.shape))
+        return data, ref, float(r0)
+
+
 def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessions: dict[str, str], *,
                                 seed: int, n_transients: int = 128, n_coils: int = 4,
                                 n_points: int = 2048, voxels: dict[str, dict] | None = None) -> dict:
@@ -76,39 +160,13 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
     the NIfTI-MRS files carry that affine and the water reference that tissue mix; subjects without one get the
     default fractions of :mod:`bids_ketamine.spectroscopy.quantify` and an identity affine.
     """
-    from bids_ketamine.spectroscopy.simulate import simulate_basis
-
     bids_root = Path(bids_root)
-    basis = simulate_basis(spectrometer_frequency=SPECTROMETER_MHZ, echo_time=ECHO_TIME, sequence="PRESS",
-                           dwell_time=DWELL, n_points=n_points)
-    names = list(basis.names)
-    fids = basis.fids
-    tr = N_BLOCKS * BLOCK_SECONDS / n_transients
-    onset = N_BASELINE_BLOCKS * BLOCK_SECONDS
-    t = np.arange(n_points) * DWELL
-    t_acq = np.arange(n_transients) * tr
-    minutes = (t_acq - onset) / 60.0
-    from bids_ketamine.spectroscopy.quantify import (DEFAULT_FRACTIONS, PURE_WATER_MM, RELAXATION_3T, QuantParams,
-                                                     attenuation)
+    sim = FmrsSimulator(n_transients=n_transients, n_coils=n_coils, n_points=n_points)
+    tr, onset = sim.repetition_time, sim.onset_seconds
+    from bids_ketamine.spectroscopy.quantify import DEFAULT_FRACTIONS
 
-    def r_met(name: str) -> float:
-        t1, t2 = RELAXATION_3T.metabolite(name)
-        return attenuation(ECHO_TIME, tr, t1, t2) if name in BRAIN_MM else 1.0
-
-    relax = np.array([r_met(n) for n in names])
-    base_amp = np.array([BRAIN_MM.get(n, MM_AMPLITUDE.get(n, 0.0)) for n in names]) * relax  # fitted amplitudes
-    content = QuantParams().water_content
     default_fractions = {"gm": DEFAULT_FRACTIONS.gm, "wm": DEFAULT_FRACTIONS.wm, "csf": DEFAULT_FRACTIONS.csf}
     voxels = voxels or {}
-
-    def water_amplitude(fractions: dict[str, float]) -> float:
-        """Water signal (basis units) of the voxel's tissue mix: 2 protons x visible water (Near et al. 2021)."""
-        return 2 * PURE_WATER_MM * sum(
-            fractions[k] * content[k] * attenuation(ECHO_TIME, tr, RELAXATION_3T.water_t1[k],
-                                                    RELAXATION_3T.water_t2[k]) for k in fractions)
-    i_glu, i_gln = names.index("Glu"), names.index("Gln")
-    tnaa = base_amp[names.index("NAA")] + base_amp[names.index("NAAG")]  # amplitude units
-    glx0 = base_amp[i_glu] + base_amp[i_gln]
     rng = np.random.default_rng(seed)
     truth_sessions = {}
     sidecar = {"ResonantNucleus": "1H", "SpectrometerFrequency": SPECTROMETER_MHZ, "SpectralWidth": 1 / DWELL,
@@ -119,38 +177,15 @@ def write_synthetic_fmrs_cohort(bids_root: Path, subjects: dict[str, str], sessi
         if sex not in ("F", "M"):
             raise ValueError(f"sex of {label} must be 'F' or 'M', got {sex!r}")
         voxel = voxels.get(label)
-        water_amp = water_amplitude(voxel["fractions"] if voxel else default_fractions)
+        water_amp = sim.water_amplitude(voxel["fractions"] if voxel else default_fractions)
         voxel_affine = np.asarray(voxel["affine"], float) if voxel else None
-        r_subject = rng.normal(0.0, 0.03)  # subject's baseline Glx/tNAA offset
-        lor = rng.uniform(3.0, 5.0)  # Lorentzian FWHM (Hz)
-        gau = rng.uniform(2.0, 4.0)  # Gaussian FWHM (Hz)
-        lineshape = np.exp(-np.pi * lor * t - (np.pi * gau * t) ** 2 / (4 * np.log(2)))
+        subject = sim.subject(rng)
         for ses in sorted(sessions):
             pre = sessions[ses]
             if pre not in ("placebo", "naltrexone"):
                 raise ValueError(f"pretreatment of session {ses} must be placebo or naltrexone, got {pre!r}")
             slope = SLOPES[(pre, sex)]
-            r0 = glx0 / tnaa + r_subject + rng.normal(0.0, 0.01)
-            ratio = r0 + slope * np.clip(minutes, 0.0, None)
-            glx = ratio * tnaa  # Glx amplitude per transient
-            conc = np.tile(base_amp, (n_transients, 1))
-            conc[:, i_glu] = glx * base_amp[i_glu] / glx0
-            conc[:, i_gln] = glx * base_amp[i_gln] / glx0
-            drift = np.cumsum(rng.normal(0.0, 0.15, n_transients)) + rng.normal(0.0, 1.0)  # Hz
-            phase = rng.normal(0.0, np.deg2rad(8.0), n_transients) + rng.uniform(-np.pi, np.pi)
-            eddy = 0.4 * np.exp(-t / 0.04) * rng.choice([-1.0, 1.0])  # rad, shared with the water reference
-            coil = (rng.uniform(0.5, 1.0, n_coils) * np.exp(1j * rng.uniform(-np.pi, np.pi, n_coils)))
-            noise_scale = rng.uniform(0.8, 1.2, n_coils)
-            clean = (conc @ fids) * lineshape * np.exp(1j * (2 * np.pi * drift[:, None] * t + phase[:, None]
-                                                             + eddy))
-            data = coil[:, None, None] * clean[None]
-            data += NOISE_SD * noise_scale[:, None, None] * (rng.standard_normal(data.shape)
-                                                              + 1j * rng.standard_normal(data.shape))
-            n_ref = 4
-            water = water_amp * lineshape * np.exp(1j * (2 * np.pi * drift[0] * t + eddy))
-            ref = coil[:, None, None] * np.tile(water, (n_ref, 1))[None]
-            ref += NOISE_SD * noise_scale[:, None, None] * (rng.standard_normal(ref.shape)
-                                                             + 1j * rng.standard_normal(ref.shape))
+            data, ref, r0 = sim.session(rng, subject, slope, water_amp)
             folder = bids_root / f"sub-{label}" / f"ses-{ses}" / "mrs"
             stem = f"sub-{label}_ses-{ses}_task-infusion"
             # NIfTI-MRS layout: time first, then DIM_COIL, DIM_DYN

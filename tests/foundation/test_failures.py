@@ -159,6 +159,11 @@ NETS = {
     "tables.py": "tables (read_table)", "config.py": "main process", "validation.py": "main process",
     "cli/": "main process", "reports/": "reports (build_reports_safely)", "logs.py": "main process",
     "progress.py": "main process", "analyses.py": "main process",
+    # DataLad state (read by discovery and orchestrate) and the consortium steps (export CLI, the group level's
+    # pooling) run in the main process; the brainlife job maps in platforms.brainlife.run_job
+    # (tests/platforms: test_an_unwritable_job_folder_is_exit_73_in_product_json, test_export_*_exit_73)
+    "annex.py": "main process", "consortium/": "main process (group level or export CLI)",
+    "platforms/": "brainlife job (run_job)",
     # the demo's study writer: cli/demo.py wraps it in io.failures.writing
     "synthetic/": "demo (io.failures.writing)",
 }

@@ -124,6 +124,8 @@ def write_participant(writer: DerivativesWriter, sub: str, analyses: list[str], 
                                              suffix="morph", datatype="anat", columns={"tiv_mm3": "TIV"},
                                              sources=[src / "anat" / f"sub-{sub}_T1w.nii.gz"]))
                 outputs.append(_write_fig(w, {"sub": sub, "desc": "gmqc"}, "T1w", "map", seed, ".png"))
+                # what ``group --model`` writes for a scored participant (structural.apply)
+                outputs.append(_write_fig(w, {"sub": sub, "atlas": "DK", "desc": "model"}, "prediction", "map", seed))
             elif analysis == "connectivity":
                 for ses, cond in (("1", "placebo"), ("2", "ketamine")):
                     ent = {"sub": sub, "ses": ses, "task": "rest"}

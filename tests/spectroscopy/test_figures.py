@@ -309,7 +309,9 @@ def test_participant_writes_voxel_fit_and_timecourse_figures_the_report_finds(tm
     out = tmp_path / "out"
     expected = {f"sub-w1/figures/{stem}_desc-voxel_mrs.svg": "voxel",
                 f"sub-w1/figures/{stem}_desc-fit_mrs.svg": "fit",
-                "sub-w1/figures/sub-w1_desc-glxtimecourse_mrs.svg": "timecourse"}
+                "sub-w1/figures/sub-w1_desc-glxtimecourse_mrs.svg": "timecourse",
+                # the dynamic fit's time course with its band (default time_fit 'dynamic')
+                "sub-w1/figures/sub-w1_desc-glxdynamic_mrs.svg": "timecourse"}
     for rel, key in expected.items():
         assert (out / rel).stat().st_size > 5000, rel
         assert match_rule("participant", "spectroscopy", "figure", rel).key == key, rel

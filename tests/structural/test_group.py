@@ -99,8 +99,8 @@ def test_bad_cohorts_fail_cleanly_and_write_nothing(tmp_path, case):
         out, participants, params, _ = _study(tmp_path, one_class=True)
         message = "single class"
     else:
-        out, participants, params, _ = _study(tmp_path, n_disc=7, n_ext=0, n_sal=0)
-        message = "fewer than the 5 cross-validation folds"
+        out, participants, params, _ = _study(tmp_path, n_disc=5, n_ext=0, n_sal=0)
+        message = "smaller outcome class has 2 subject"
     with pytest.raises(BadDataError, match=message) as info:
         run_group(out, participants=participants, sessions=pd.DataFrame(), params=params, design=None,
                   writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)

@@ -1,0 +1,129 @@
+"""Group level from first-level time-model estimates: an inverse-variance weighted (summary-statistics) mixed model.
+
+Each session contributes its Glx/tNAA pre-infusion level and slope per minute from the dynamic fit, each with its
+standard error from the joint fit's covariance. For one of them, ``y_s`` of session ``s`` of subject ``i``:
+
+    y_s = x_s' beta + u_i + e_s + eps_s,   u_i ~ N(0, tau_u^2),  e_s ~ N(0, tau_e^2),  eps_s ~ N(0, se_s^2)
+
+with the first-level sampling variance ``se_s^2`` known: a precise session weighs more, and true between-session
+and between-subject variation (``tau``) is estimated by restricted maximum likelihood, so the weights fall back to
+equal ones when it dominates. This is the two-stage summary-statistics approach (Holmes & Friston 1998; FSL's
+FLAMEO does the same for fMRI; Chen et al. 2012 for random effects with known variances), written here because
+statsmodels' MixedLM cannot take known residual variances and FLAMEO needs FSL.
+
+The terms keep the names of the block-wise model of :mod:`.group`: in the slope model the intercept is ``time``
+(slope in placebo, averaged over sex), ``nal`` is ``pretreatment_x_time``, ``sex_c`` ``sex_x_time`` and ``nal:sex_c``
+``sex_x_pretreatment_x_time``; the level model gives ``intercept``, ``pretreatment``, ``sex``,
+``sex_x_pretreatment`` and the crossover period (a level shift, as in the block-wise model). Wald t tests use the
+sessions minus fixed effects as degrees of freedom, as the block-wise model uses observations minus fixed effects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+#: Term names of the slope model (the block-wise model's names for the same effects).
+SLOPE_TERMS = {"Intercept": "time", "nal": "pretreatment_x_time", "sex_c": "sex_x_time",
+               "nal:sex_c": "sex_x_pretreatment_x_time"}
+LEVEL_TERMS = {"Intercept": "intercept", "nal": "pretreatment", "sex_c": "sex", "nal:sex_c": "sex_x_pretreatment"}
+
+
+def reml_known_variance(y: np.ndarray, x: np.ndarray, se: np.ndarray, groups: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """GLS fixed effects and their covariance under ``V = diag(se^2 + tau_e^2) + tau_u^2 Z Z'`` (REML taus).
+
+    ``groups`` labels the subject of each row (random intercept ``u``); returns (beta, cov_beta, tau_u^2,
+    tau_e^2). With one row per group the two variance components are not separable; their sum is what matters.
+    """
+    y, x, se = np.asarray(y, float), np.asarray(x, float), np.asarray(se, float)
+    if np.any(~np.isfinite(se)) or np.any(se <= 0):
+        raise ValueError("first-level standard errors must be positive and finite")
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    z = (inverse[:, None] == np.arange(inverse.max() + 1)[None, :]).astype(float)
+    zz = z @ z.T
+    scale = float(np.median(se))  # work in units of the typical first-level SE (well-scaled optimisation)
+    ys, ss = y / scale, se / scale
+    n, p = x.shape
+    if n <= p:
+        raise ValueError(f"{n} sessions cannot estimate {p} fixed effects")
+
+    def pieces(theta):
+        tu, te = np.exp(theta)
+        v = np.diag(ss**2 + te) + tu * zz
+        c = np.linalg.cholesky(v)
+        vi_x = np.linalg.solve(c.T, np.linalg.solve(c, x))
+        vi_y = np.linalg.solve(c.T, np.linalg.solve(c, ys))
+        xtvx = x.T @ vi_x
+        beta = np.linalg.solve(xtvx, x.T @ vi_y)
+        r = ys - x @ beta
+        vi_r = vi_y - vi_x @ beta
+        nll = (2 * np.log(np.diag(c)).sum() + np.linalg.slogdet(xtvx)[1] + r @ vi_r) / 2
+        return nll, beta, xtvx
+
+    lo, hi = np.log(1e-8), np.log(1e4)
+    best = None
+    for start in ((-4.0, -4.0), (0.0, -4.0), (-4.0, 0.0), (0.0, 0.0)):
+        res = optimize.minimize(lambda th: pieces(th)[0], np.array(start), method="L-BFGS-B",
+                                bounds=[(lo, hi), (lo, hi)])
+        if best is None or res.fun < best.fun:
+            best = res
+    _, beta, xtvx = pieces(best.x)
+    tu, te = np.exp(best.x)
+    return beta * scale, np.linalg.inv(xtvx) * scale**2, float(tu * scale**2), float(te * scale**2)
+
+
+def summary_model(frame: pd.DataFrame, outcome: str, quantity: str, rhs: str, terms: dict[str, str]
+                  ) -> pd.DataFrame:
+    """Coefficient table (the columns of :data:`.group.STATS_COLUMNS`) of one summary-statistics model.
+
+    ``frame`` has one row per session with ``estimate``, ``se``, ``participant_id`` and the covariates of ``rhs``.
+    """
+    from patsy import dmatrix
+
+    d = frame.dropna(subset=["estimate", "se"])
+    xm = dmatrix(rhs, d, return_type="dataframe")
+    beta, cov, tau_u, tau_e = reml_known_variance(d["estimate"].to_numpy(), xm.to_numpy(), d["se"].to_numpy(),
+                                                  d["participant_id"].to_numpy())
+    dof = max(len(d) - xm.shape[1], 1)
+    tq = stats.t.ppf(0.975, dof)
+    rows = []
+    for j, term in enumerate(xm.columns):
+        est, s = float(beta[j]), float(np.sqrt(max(cov[j, j], 0.0)))
+        tval = est / s if s > 0 else np.nan
+        name = terms.get(term, term.replace("C(period)[T.", "period_").rstrip("]"))
+        rows.append({"outcome": outcome, "term": name, "estimate": est, "se": s, "ci_low": est - tq * s,
+                     "ci_high": est + tq * s, "statistic": tval, "df": dof,
+                     "p": 2 * stats.t.sf(abs(tval), dof) if np.isfinite(tval) else np.nan, "n_obs": len(d),
+                     "n_subjects": d["participant_id"].nunique(),
+                     "formula": f"{quantity} ~ {rhs} (first-level SEs as known variances; REML subject and "
+                                f"session variances {tau_u:.3g}, {tau_e:.3g})"})
+    return pd.DataFrame(rows)
+
+
+def fit_time_model_group(sessions: pd.DataFrame, outcome: str, *, level: str = "level",
+                         slope: str = "slope_per_min") -> pd.DataFrame:
+    """Slope and level models of one outcome from a table with one row per session and ``parameter`` rows.
+
+    ``sessions`` columns: participant_id, session_id, parameter, estimate, se, nal, sex_c, (period); the
+    design falls back as the block-wise model does (no sex terms without two sexes, period dropped when it is
+    confounded with sex x pretreatment).
+    """
+    from bids_ketamine.spectroscopy.group import _first_full_rank
+
+    out = []
+    for quantity, terms, with_period in ((slope, SLOPE_TERMS, False), (level, LEVEL_TERMS, True)):
+        d = sessions[sessions["parameter"] == quantity].copy()
+        if d.empty:
+            continue
+        usable_nal = "nal" in d and d["nal"].notna().all() and d["nal"].nunique() > 1
+        usable_sex = "sex_c" in d and d["sex_c"].notna().all() and d["sex_c"].nunique() > 1
+        rhs = ("nal * sex_c" if usable_nal and usable_sex else "nal" if usable_nal else "sex_c" if usable_sex
+               else "1")
+        candidates = [rhs] + (["nal + sex_c", "nal"] if rhs == "nal * sex_c" else [])
+        if with_period and "period" in d and d["period"].notna().all() and d["period"].nunique() > 1:
+            candidates.insert(0, rhs + " + C(period)")
+        rhs = _first_full_rank(d, candidates, outcome)
+        out.append(summary_model(d, outcome, quantity, rhs, terms))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

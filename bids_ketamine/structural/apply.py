@@ -1,0 +1,114 @@
+"""Applying a saved structural model to the participants of a dataset (``group --model FILE``), without training.
+
+Thin on purpose: it loads and checks the bundle (``bundle.load_bundle``), refuses features of another atlas or
+source (``predict.check_compatible``), scores every participant with regional features -- with or without an
+outcome -- in cohort batches (``predict.score_participants``), and writes one group table plus, per participant, a
+JSON summary and a figure for the participant report. Everything is computed before the first file is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.errors import MissingInputError
+
+LOG = logging.getLogger("bids_ketamine")
+DATATYPE = "structural"
+
+APPLIED_COLUMNS = {
+    "feature_distance": "Mahalanobis distance of the harmonised, standardised features from the training centre "
+                        "(Ledoit-Wolf covariance of the training subjects).",
+    "ood_features": "True: feature_distance above every training subject's (out of distribution).",
+    "ood_age": "True: age outside the training range.",
+    "ood_tiv": "True: total intracranial volume outside the training range.",
+    "unseen_site": "True: the site was not in the training data.",
+    "harmonisation": "How the participant's site was harmonised.",
+    "flags": "Readable list of the flags set (empty: none).",
+}
+
+
+def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, writer) -> list[Path]:
+    from bids_ketamine.structural.bundle import load_bundle
+    from bids_ketamine.structural.figures import patient_figure
+    from bids_ketamine.structural.group import PROBABILITY_COLUMNS, covariate_column, prediction_columns
+    from bids_ketamine.structural.interpret import score_contributions
+    from bids_ketamine.structural.model import model_frame
+    from bids_ketamine.structural.participant import load_regional_features
+    from bids_ketamine.structural.predict import check_compatible, score_participants
+
+    bundle = load_bundle(params.model_file)
+    ref = bundle.reference
+    features, info = load_regional_features(output_dir, params.anat.atlas_name)
+    paths = sorted(output_dir.glob("sub-*/anat/*_morph.tsv")) + sorted(output_dir.glob("sub-*/ses-*/anat/*_morph.tsv"))
+    atlas = re.search(r"_atlas-([A-Za-z0-9]+)", paths[0].name).group(1)
+    check_compatible(ref, atlas=atlas, regions=list(features.columns),
+                     feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
+    table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
+    if table.empty:
+        raise MissingInputError("no participant with grey-matter features is in participants.tsv",
+                                path=output_dir, fix="run the participant level for the subjects of participants.tsv")
+    table = table.set_index("participant_id")
+    features = features.loc[table.index]
+    names = [c.removeprefix("__cov_").removesuffix("__") for c in ref["covariates"]]
+    covariates = pd.DataFrame({n: covariate_column(table, n) for n in names}, index=table.index)
+    scored = score_participants(bundle, features, table, covariates, ci=params.ci_level)
+    frame = model_frame(features.reset_index(drop=True), table["site"].fillna("n/a").to_numpy(),
+                        covariates.reset_index(drop=True) if names else None)
+    frame.index = features.index
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unseen sites: already in the flags
+        contributions = score_contributions(bundle.pipeline, frame)
+    cal, card = bundle.calibration, bundle.card
+
+    table_out = scored.reset_index()
+    table_out["participant_id"] = "sub-" + table_out["participant_id"].astype(str)
+    columns = {**{k: v for k, v in prediction_columns(wording).items() if k != "score_sd"}, **PROBABILITY_COLUMNS,
+               **APPLIED_COLUMNS}
+    base = {"atlas": atlas, "desc": "applied"}
+    per_subject = []
+    for subject, row in scored.iterrows():
+        order = contributions.loc[subject].abs().sort_values(ascending=False).index
+        top = contributions.loc[subject, order]
+        summary = {
+            "participant_id": f"sub-{subject}", "model": card["model"]["name"],
+            "model_checksum": card["checksum"]["value"], "outcome": wording.phrase,
+            "score": float(row["score"]), "probability": float(row["probability"]),
+            "probability_interval": [float(row["probability_low"]), float(row["probability_high"]),
+                                     params.ci_level],
+            "predicted": wording.positive if row["predicted"] else wording.negative,
+            "flags": row["flags"], "harmonisation": row["harmonisation"],
+            "top_regions": [{"region": r, "contribution": float(v)} for r, v in top.head(10).items()],
+            "training_cohort": card["training_cohort"], "metrics": card["metrics"],
+            "limitations": card["limitations"],
+        }
+        figure_args = dict(score=float(row["score"]), probability=float(row["probability"]),
+                             interval=(float(row["probability_low"]), float(row["probability_high"])),
+                             slope=cal["slope"], intercept=cal["intercept"], boot_slopes=np.asarray(cal["boot_slopes"]),
+                             boot_intercepts=np.asarray(cal["boot_intercepts"]), oof_scores=ref["oof_scores"],
+                             oof_labels=ref["oof_labels"], contributions=top, positive=wording.positive,
+                             negative=wording.negative,
+                             title=f"sub-{subject}: P({wording.positive}) = {row['probability']:.2f} "
+                                   f"[{row['probability_low']:.2f}, {row['probability_high']:.2f}]"
+                                   + (f"  FLAGGED: {row['flags']}" if row["flags"] else ""))
+        per_subject.append((subject, summary, figure_args))
+
+    outputs = [writer.write_table(table_out, entities=base, suffix="predictions", datatype=DATATYPE,
+                                  columns=columns, sources=[params.model_file, *paths], float_format="%.12g",
+                                  metadata={"ModelCard": card["model"], "ModelChecksum": card["checksum"],
+                                            "Outcome": wording.phrase},
+                                  description="Participants scored by a saved structural model (no training)")]
+    for subject, summary, figure_args in per_subject:
+        entities = {"sub": subject, "atlas": atlas, "desc": "model"}
+        outputs.append(writer.write_json(summary, entities=entities, suffix="prediction", datatype="anat"))
+        # drawn here, one at a time (a plot of numbers already computed), so open figures do not pile up
+        outputs.append(writer.write_figure(patient_figure(**figure_args), entities=entities, suffix="prediction"))
+        if summary["flags"]:
+            LOG.warning("sub-%s: model prediction flagged (%s): %s", subject, outputs[-2], summary["flags"])
+    return outputs

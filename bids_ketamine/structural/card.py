@@ -1,0 +1,86 @@
+"""What goes into a frozen model's bundle and card, from the group level's results (no file written here).
+
+The card is what a site reads before trusting the model with a patient: versions, the features and their atlas and
+source, how sites were harmonised and what happens to an unseen site, who the model was trained on, how well it
+did (nested CV with CIs and permutation p, external and saline cohorts), how its probabilities are calibrated, its
+decision threshold, its intended use and its limitations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.__about__ import __version__
+from bids_ketamine.structural.bundle import ModelBundle, library_versions
+from bids_ketamine.structural.predict import training_reference
+
+LIMITATIONS = (
+    "Trained on one discovery cohort; performance outside its sites, scanners, age and TIV range is unknown.",
+    "A probability is calibrated to the discovery cohort's outcome rate; a clinic with another base rate should "
+    "read it as relative, not absolute.",
+    "Regional grey-matter volumes from one atlas and one feature source: other atlases or sources are refused.",
+    "A site the model has not seen is harmonised from its own subjects only when there are enough of them; a "
+    "single new patient from a new site is scored un-harmonised and flagged.",
+    "Research use: not a medical device, not validated for clinical decisions.",
+)
+
+
+def _metric_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for row in metrics.to_dict(orient="records"):
+        rows.append({k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()})
+    return rows
+
+
+def build_bundle(results, *, params, atlas: str, feature_source: list[str], wording, seed: int) -> ModelBundle:
+    """The bundle of the final discovery model: pipeline, calibration, training reference and card."""
+    table = results.training_table
+    frame = results.training_frame
+    y = table["outcome"].to_numpy(dtype=int)
+    oof = results.calibration_scores
+    reference = training_reference(results.final_model, frame, table, oof_scores=oof, labels=y, atlas=atlas,
+                                   feature_source=feature_source, min_unseen_site_size=params.min_unseen_site_size)
+    cal = results.calibration
+    calibration = {"method": "platt", "slope": cal.map.slope, "intercept": cal.map.intercept,
+                   "boot_slopes": cal.boot_slopes, "boot_intercepts": cal.boot_intercepts}
+    sexes = table["sex"].value_counts().to_dict() if "sex" in table else {}
+    card = {
+        "model": {"name": f"bids_ketamine structural SVM ({atlas})", "kind": "ComBat -> standard scaling -> "
+                  + ("PCA -> " if params.pca_variance else "") + "balanced linear SVM",
+                  "C": results.final_c, "covariates": [c.removeprefix("__cov_").removesuffix("__")
+                                                       for c in reference["covariates"]],
+                  "random_seed": seed, "parameters": params.model_dump(mode="json", exclude={"anat", "model_file"})},
+        "app": {"name": "bids_ketamine", "version": __version__, "libraries": library_versions()},
+        "intended_use": f"Research estimate of the probability of {wording.phrase} for an adult scanned like the "
+                        "training cohort, from regional grey-matter volumes of a pre-treatment T1w image.",
+        "outcome": {"phrase": wording.phrase, "positive": wording.positive, "negative": wording.negative},
+        "features": {"source": sorted({s for s in feature_source if s}), "atlas": atlas,
+                     "names": reference["feature_names"], "units": "grey-matter volume, mm^3"},
+        "harmonisation": {
+            "method": "ComBat (empirical Bayes, fitted on the training subjects; covariates kept: "
+                      + (", ".join(reference["covariates"]) or "none") + ")" if params.harmonize else "none",
+            "sites": reference["sites"],
+            "unseen_site": f"estimated from its own subjects in the scored batch when it has at least "
+                           f"{params.min_unseen_site_size}; otherwise left un-harmonised and flagged"},
+        "training_cohort": {"n": int(y.size), "n_positive": int(y.sum()), "sites": reference["sites"],
+                            "ranges": {"age": reference["age_range"], "tiv_mm3": reference["tiv_range"]},
+                            "sex": {str(k): int(v) for k, v in sexes.items()}},
+        "validation": {"scheme": params.cv, "outer_folds": results.folds[0], "inner_folds": results.folds[1],
+                       "repeats": params.repeats, "n_permutations": params.n_permutations},
+        "metrics": _metric_rows(results.metrics),
+        "calibration": {"method": "Platt sigmoid fitted on the discovery cohort's out-of-fold scores of the final "
+                                  "model's recipe (C fixed, outer folds of the nested CV, mean over repeats); "
+                                  "Brier score and ECE on cross-fitted probabilities",
+                        "slope": cal.map.slope, "intercept": cal.map.intercept, "brier": cal.brier, "ece": cal.ece,
+                        "n_bins": cal.n_bins, "n_bootstrap": int(cal.boot_slopes.size),
+                        "curve": cal.curve.to_dict(orient="records")},
+        "decision_threshold": {"rule": f"score > 0 predicts {wording.positive}",
+                               "probability_at_threshold": float(cal.map(0.0))},
+        "out_of_distribution": {"age_range": reference["age_range"], "tiv_range": reference["tiv_range"],
+                                "feature_distance_threshold": reference["ood_threshold"]},
+        "limitations": list(LIMITATIONS),
+    }
+    return ModelBundle(pipeline=results.final_model, calibration=calibration, reference=reference, card=card)
