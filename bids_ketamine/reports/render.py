@@ -26,7 +26,9 @@ from bids_ketamine.reports.numbers import format_cell, format_number
 DEFAULT_BUDGET_BYTES = 9_500_000
 #: Long tables show their first rows only (the analyses sort them by importance), with a link to the whole file.
 MAX_TABLE_ROWS = 12
-MAX_TABLE_COLUMNS = 24
+#: Wider tables are matrices (a connectivity matrix has one column per parcel) and are linked, not drawn; long-format
+#: tables such as the fit table (26 columns with the dynamic fit's) stay below this.
+MAX_TABLE_COLUMNS = 40
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
