@@ -25,7 +25,8 @@ from bids_ketamine.reports.collect import ANALYSIS_NAMES, OutputFolder, read_sid
 
 #: Python packages whose versions describe a run (recorded by the orchestrator at run time).
 SOFTWARE_PACKAGES = ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "nibabel", "nilearn", "pybids",
-                     "nipype", "lmfit", "nifti-mrs", "brainsmash", "abagen", "antspyx", "matplotlib", "joblib")
+                     "nipype", "nifti-mrs", "hlsvdpropy", "skops", "brainsmash", "abagen", "antspyx", "matplotlib",
+                     "joblib")
 #: Reference list: key -> full reference (cited in the text as [key]).
 REFERENCES = {
     "bryant2026": "Bryant et al. (2026). Translational Psychiatry. doi:10.1038/s41398-026-04085-4",
