@@ -306,11 +306,14 @@ def findings_document(findings: list[Finding], *, version: str) -> dict[str, Any
             "Alpha": ALPHA, "analyses": analyses}
 
 
-def write_findings(output_dir: Path, findings: list[Finding], *, version: str) -> Path:
+def write_findings(output_dir: Path, findings: list[Finding], *, version: str) -> Path | None:
+    """Write ``group/findings.json`` beside the group tables it summarises; a group run that wrote no table (it
+    failed before its analyses, e.g. an unreachable cluster) gets none, so the report creates no ``group/`` folder."""
     from bids_ketamine.io.derivatives import atomic_write_text
 
     path = Path(output_dir) / "group" / FINDINGS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        return None
     text = json.dumps(findings_document(findings, version=version), indent=2, allow_nan=False,
                       default=_json_default)
     atomic_write_text(path, text + "\n")

@@ -134,7 +134,7 @@ def qc_metadata(result) -> dict:
     """The dynamic fit's QC and settings for the ``_mrsdynamic.json`` sidecar."""
     return {"DynamicFit": {"qc_pass": result.qc_pass, "reasons": list(result.qc_reasons),
                            "converged": result.success, "message": result.message,
-                           "evaluations": result.n_evaluations, "seconds": round(result.seconds, 3),
+                           "evaluations": result.n_evaluations,
                            "degrees_of_freedom": result.degrees_of_freedom,
                            "settings": _jsonable(result.settings)}}
 

@@ -82,8 +82,43 @@ def bundle_bytes(bundle: ModelBundle) -> tuple[bytes, dict[str, Any]]:
     card = _jsonable(bundle.card)
     payload = {"format": BUNDLE_FORMAT, "pipeline": bundle.pipeline, "calibration": bundle.calibration,
                "reference": bundle.reference, "card": json.dumps(card, sort_keys=True)}
-    data = sio.dumps(payload)
+    data = canonical_skops(sio.dumps(payload))
     return data, {**card, "checksum": {"algorithm": "sha256", "value": _sha256(data)}}
+
+
+def canonical_skops(data: bytes) -> bytes:
+    """The same ``.skops`` archive with reproducible bytes, so a re-run writes a byte-identical bundle.
+
+    skops names each array file and memo key after ``id()`` of the object (different in every process) and stamps
+    the zip entries with the current time. Here every such number is replaced by its rank of first appearance in
+    ``schema.json`` (the same object keeps one number, so the memo links hold), files are renamed to match and
+    stored with a fixed time stamp; the content of every entry is otherwise unchanged.
+    """
+    import io
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        schema = source.read("schema.json").decode("utf-8")
+        ranks: dict[str, str] = {}
+        for match in re.finditer(r'"__id__": (\d+)|"file": "(\d+)\.npy"', schema):
+            ranks.setdefault(match.group(1) or match.group(2), str(len(ranks) + 1))
+        schema = re.sub(r'("__id__": )(\d+)', lambda m: m.group(1) + ranks[m.group(2)], schema)
+        schema = re.sub(r'("file": ")(\d+)(\.npy")', lambda m: m.group(1) + ranks[m.group(2)] + m.group(3), schema)
+        entries = []
+        for info in source.infolist():
+            stem = info.filename[:-4] if info.filename.endswith(".npy") else None
+            name = f"{ranks[stem]}.npy" if stem in ranks else info.filename
+            content = schema.encode("utf-8") if info.filename == "schema.json" else source.read(info)
+            entries.append((name, content, info.compress_type))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name, content, compress_type in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = compress_type
+            info.external_attr = 0o644 << 16
+            target.writestr(info, content)
+    return out.getvalue()
 
 
 def card_markdown(card: dict[str, Any]) -> str:
