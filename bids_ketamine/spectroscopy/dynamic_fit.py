@@ -47,6 +47,7 @@ from scipy.optimize import least_squares
 
 from bids_ketamine.errors import BadDataError
 from bids_ketamine.spectroscopy.basis import canonical_name, is_macromolecule
+from bids_ketamine.spectroscopy.fit import component_weights
 from bids_ketamine.spectroscopy.dynamic_params import DynamicFitParams
 from bids_ketamine.spectroscopy.fit_params import FitParams
 from bids_ketamine.spectroscopy.time_model import (
@@ -110,18 +111,7 @@ class DynamicFitResult:
 
     # ---------------------------------------------------------------------------------------------- lookups
     def _component_weights(self, name: str) -> np.ndarray:
-        w = np.zeros(len(self.names))
-        members = self.sums.get(name)
-        if members is None:
-            canon = canonical_name(name)
-            hits = [i for i, n in enumerate(self.names) if n == name or canonical_name(n) == canon]
-            if not hits:
-                raise KeyError(f"{name!r} was not fitted (components: {', '.join(self.names)})")
-            w[hits[0]] = 1
-        else:
-            for m in members:
-                w[self.names.index(m)] = 1
-        return w
+        return component_weights(self.names, self.sums, name)
 
     def _block_map(self, name: str) -> np.ndarray:
         """(blocks, n_coefficients): maps all coefficients to the block concentrations of ``name``."""

@@ -37,6 +37,7 @@ are public so a multi-spectrum (dynamic) fit can share them.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +73,23 @@ ZERO_FRACTION = 1e-9
 #: Fraction of a bound's range within which a nonlinear parameter counts as "at its bound" for QC.
 AT_BOUND = 0.01
 
+
+
+def component_weights(names: Sequence[str], sums: Mapping[str, Sequence[str]], name: str) -> np.ndarray:
+    """0/1 weights over the fitted components that make up ``name``: a sum's members, or the one component whose
+    name (or canonical name) it is. One rule for the single and the dynamic fit's results."""
+    w = np.zeros(len(names))
+    members = sums.get(name)
+    if members is None:
+        canon = canonical_name(name)
+        hits = [i for i, n in enumerate(names) if n == name or canonical_name(n) == canon]
+        if not hits:
+            raise KeyError(f"{name!r} was not fitted (components: {', '.join(names)})")
+        w[hits[0]] = 1
+    else:
+        for m in members:
+            w[list(names).index(m)] = 1
+    return w
 
 @dataclass(frozen=True)
 class FitResult:
@@ -132,18 +150,7 @@ class FitResult:
         return float(100 * self.crlb(name) / c) if c > 0 else float("nan")
 
     def _weights(self, name: str) -> np.ndarray:
-        w = np.zeros(len(self.names))
-        members = self.sums.get(name)
-        if members is None:
-            canon = canonical_name(name)
-            hits = [i for i, n in enumerate(self.names) if n == name or canonical_name(n) == canon]
-            if not hits:
-                raise KeyError(f"{name!r} was not fitted (components: {', '.join(self.names)})")
-            w[hits[0]] = 1
-        else:
-            for m in members:
-                w[self.names.index(m)] = 1
-        return w
+        return component_weights(self.names, self.sums, name)
 
     def table(self) -> pd.DataFrame:
         """One row per component and per sum: concentration, CRLB (SD) and CRLB % (NaN = n/a at zero)."""
