@@ -195,9 +195,11 @@ def _reference_phase_and_gain(spectrometer_frequency: float, events: list[tuple]
 
 def simulate_metabolite(name: str, *, spectrometer_frequency: float, dwell_time: float, n_points: int,
                         sequence: str = "PRESS", echo_time: float = 0.030, mixing_time: float | None = None,
-                        linewidth_hz: float = 0.0) -> np.ndarray:
-    """FID of one metabolite (all its spin systems), amplitude 1 per proton of a singlet at t = 0."""
-    events = sequence_events(sequence, echo_time, mixing_time)
+                        linewidth_hz: float = 0.0, te1: float | None = None) -> np.ndarray:
+    """FID of one metabolite (all its spin systems), amplitude 1 per proton of a singlet at t = 0.
+
+    ``te1`` (s): PRESS first echo time (None = TE/2); see :func:`sequence_events`."""
+    events = sequence_events(sequence, echo_time, mixing_time, te1)
     ref = _reference_phase_and_gain(spectrometer_frequency, events)
     time = np.arange(n_points) * dwell_time
     fid = np.zeros(n_points, complex)
@@ -254,10 +256,13 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
                    echo_time: float = 0.030, sequence: str = "PRESS", mixing_time: float | None = None,
                    dwell_time: float = 2.5e-4, n_points: int = 2048,
                    metabolites: tuple[str, ...] = DEFAULT_METABOLITES, macromolecules: bool = True,
-                   linewidth_hz: float = 0.0, use_cache: bool = True) -> BasisSet:
+                   linewidth_hz: float = 0.0, use_cache: bool = True, te1: float | None = None) -> BasisSet:
     """Simulated brain basis set for one acquisition, cached on disk after the first call.
 
     Give ``spectrometer_frequency`` (MHz) or ``field_strength`` (T). ``echo_time`` and ``mixing_time`` in seconds.
+    ``te1`` (s): PRESS first echo time; None = TE/2 (symmetric). Real PRESS sequences are asymmetric (ISMRM 2016
+    challenge: TE1/TE2 = 11/19 ms; spant's default 10/20 ms, with which LCModel's ``3t.basis`` of
+    lcmodel_test_lcm was made), and the split changes the Glu/Gln/mI multiplets at TE 30 ms.
     """
     if spectrometer_frequency is None:
         if field_strength is None:
@@ -268,7 +273,8 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
     table = load_spin_systems()
     key_src = json.dumps({"v": SIMULATION_VERSION, "table": table, "sf": round(spectrometer_frequency, 6),
                           "te": echo_time, "tm": mixing_time, "seq": sequence.upper(), "dt": dwell_time,
-                          "n": n_points, "m": list(metabolites), "mm": macromolecules, "lw": linewidth_hz},
+                          "n": n_points, "m": list(metabolites), "mm": macromolecules, "lw": linewidth_hz,
+                          **({} if te1 is None else {"te1": te1})},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     path = None
@@ -289,7 +295,7 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         names.append(name)
         fids.append(simulate_metabolite(name, spectrometer_frequency=spectrometer_frequency, dwell_time=dwell_time,
                                         n_points=n_points, sequence=sequence, echo_time=echo_time,
-                                        mixing_time=mixing_time, linewidth_hz=linewidth_hz))
+                                        mixing_time=mixing_time, linewidth_hz=linewidth_hz, te1=te1))
     if macromolecules:
         for name, fid in macromolecule_fids(spectrometer_frequency=spectrometer_frequency, dwell_time=dwell_time,
                                             n_points=n_points).items():
