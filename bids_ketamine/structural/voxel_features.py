@@ -157,3 +157,28 @@ def check_feature_type(expected: str, columns, *, path: str | Path | None = None
     if got != expected:
         raise BadDataError(f"the model was trained on {expected} features but the input has {got} features",
                            path=path, fix=f"set structural.feature_type = \"{expected}\" to apply this model")
+
+
+def load_voxel_features(output_dir: str | Path, subjects, grid: VoxelGrid, *, fwhm_mm: float = 0.0,
+                        sessions: dict | None = None) -> pd.DataFrame:
+    """Voxel features of ``subjects`` (ids without ``sub-``) from the participant level's modulated GM maps
+    (``sub-X/[ses-Y/]anat/*_label-GM_desc-modulated_probseg.nii.gz``; the session of the regional table when one
+    is given). A participant without a map (FreeSurfer source) is refused: voxel features need a map."""
+    import nibabel as nib
+
+    from bids_ketamine.errors import MissingInputError
+
+    output_dir = Path(output_dir)
+    sessions = sessions or {}
+    images, paths = {}, {}
+    for subject in subjects:
+        ses = sessions.get(subject)
+        folder = output_dir / f"sub-{subject}" / (f"ses-{ses}/anat" if ses else "anat")
+        found = sorted(folder.glob("*_label-GM_desc-modulated_probseg.nii*"))
+        if not found:
+            raise MissingInputError(f"no modulated GM map for sub-{subject} (voxel-wise features need one)",
+                                    path=folder, fix="use a map-producing feature source (builtin, fmriprep, cat12) "
+                                                     "or set structural.feature_type = \"regional\"")
+        paths[subject] = found[0]
+        images[subject] = nib.load(found[0])
+    return voxel_table(images, grid, fwhm_mm=fwhm_mm, paths=paths)
