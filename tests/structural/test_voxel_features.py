@@ -102,3 +102,88 @@ def test_map_outside_mni_refused():
                           + np.array([[0, 0, 0, 500], [0, 0, 0, 500], [0, 0, 0, 500], [0, 0, 0, 0]]))
     with pytest.raises(BadDataError, match="covers only 0% of the grey-matter mask"):
         vf.voxel_vector(far, grid, path="sub-01_mod.nii.gz")
+
+
+def _write_voxel_study(out, n_disc=60, n_ext=16, seed=5):
+    """Participant-level outputs as the participant level writes them: a regional table (TIV, source) and a
+    modulated GM map in MNI space (6 mm grid, nilearn's GM template x (1 + a frontal effect + voxel noise))."""
+    from nilearn import datasets
+
+    from bids_ketamine.structural.gm_features import resample_to_grid
+
+    rng = np.random.default_rng(seed)
+    tpl = datasets.load_mni152_gm_template(resolution=2)
+    shape = (33, 39, 32)
+    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    affine[:3, 3] = tpl.affine[:3, 3]
+    gm = resample_to_grid(tpl, shape, affine, order=1)
+    y_mm = (np.indices(shape)[1] * 6.0 + affine[1, 3])
+    frontal = (y_mm > 20) & (gm > 0.2)
+    ids = [f"v{i:03d}" for i in range(n_disc + n_ext)]
+    labels = rng.permutation(np.arange(len(ids)) % 2)
+    sites = np.where(rng.random(len(ids)) < 0.5, "A", "B")
+    for i, sub in enumerate(ids):
+        folder = out / f"sub-{sub}" / "anat"
+        folder.mkdir(parents=True)
+        tiv = 1.5e6 * (1 + 0.05 * rng.standard_normal())
+        factor = 1 + 0.08 * rng.standard_normal(shape) + 0.05 * (sites[i] == "B")
+        factor[frontal] += 0.06 * (labels[i] - 0.5)
+        density = (gm * np.clip(factor, 0, None)).astype(np.float32)
+        nib.Nifti1Image(density, affine).to_filename(
+            folder / f"sub-{sub}_space-MNI152NLin2009cAsym_label-GM_desc-modulated_probseg.nii.gz")
+        path = folder / f"sub-{sub}_atlas-toy_morph.tsv"
+        pd.DataFrame({"region": ["a", "b"], "hemisphere": "B", "structure": "cortex", "gm_volume_mm3": [1.0, 2.0],
+                      "gm_fraction_tiv": [1 / tiv, 2 / tiv], "tiv_mm3": tiv}).to_csv(path, sep="\t", index=False)
+        path.with_suffix(".json").write_text('{"FeatureSource": "builtin"}')
+    rows = [{"participant_id": sub, "site": sites[i], "sex": "F" if i % 2 else "M", "age": 30 + i % 20,
+             "arm": "ketamine", "cohort": "discovery" if i < n_disc else "external", "outcome": float(labels[i])}
+            for i, sub in enumerate(ids)]
+    return pd.DataFrame(rows), frontal, affine
+
+
+def test_group_level_voxel_option_end_to_end_and_apply(tmp_path):
+    """The voxel option through the group level: predictions above chance on a planted frontal effect, a Haufe
+    NIfTI in MNI space positive in the frontal lobe, figure, sidecars and card naming the feature type; the saved
+    voxel model re-scores the external cohort as in the run (1e-9) and refuses regional input with one line."""
+    import json
+
+    from bids_ketamine.io.derivatives import DerivativesWriter
+    from bids_ketamine.structural.group import run_group
+    from bids_ketamine.structural.params import StructuralParams
+
+    out = tmp_path / "out"
+    participants, frontal, affine = _write_voxel_study(out)
+    params = StructuralParams(feature_type="voxel", voxel_size_mm=12.0, repeats=1, n_permutations=0,
+                              n_bootstrap=0, calibration_bootstrap=50, anat={"atlas_name": "toy"})
+    outputs = run_group(out, participants=participants, sessions=pd.DataFrame(), params=params, design=None,
+                        writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    names = {p.name for p in outputs}
+    assert any(n.endswith("desc-voxelhaufe_weights.nii.gz") for n in names)
+    assert any(n.endswith("voxelsvm_haufe.svg") for n in names)
+    metrics = pd.read_csv(next(p for p in outputs if p.name.endswith("desc-voxelsvm_metrics.tsv")), sep="\t")
+    auc = metrics.set_index(["cohort", "metric"])["value"]
+    assert auc["discovery", "auc"] > 0.75 and auc["external", "auc"] > 0.75, auc
+    haufe_path = next(p for p in outputs if p.name.endswith("desc-voxelhaufe_weights.nii.gz"))
+    haufe = nib.load(haufe_path)
+    grid = vf.mni_grid(12.0)
+    assert haufe.shape == grid.shape and np.allclose(haufe.affine, grid.affine)
+    data = np.asarray(haufe.dataobj)
+    y_mm = np.indices(grid.shape)[1] * 12.0 + grid.affine[1, 3]
+    assert data[grid.mask & (y_mm > 30)].mean() > 0 > data[grid.mask & (y_mm < 0)].mean() - 1e-9
+    assert json.loads(haufe_path.with_name(haufe_path.name.replace(".nii.gz", ".json")).read_text())[
+        "FeatureType"] == "voxel"
+    card = json.loads(next(p for p in outputs if p.name.endswith("_model.json")).read_text())
+    assert card["features"]["type"] == "voxel" and card["features"]["voxel_grid"]["voxel_size_mm"] == 12.0
+    assert "PCA" in card["model"]["kind"]
+    bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
+    in_run = pd.read_csv(next(p for p in outputs if p.name.endswith("desc-voxelsvm_predictions.tsv")), sep="\t")
+    external = participants[participants["cohort"] == "external"]
+    applied = run_group(out, participants=external, sessions=pd.DataFrame(),
+                        params=StructuralParams(model_file=bundle, feature_type="voxel"), design=None,
+                        writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    scores = pd.read_csv(next(p for p in applied if p.name.endswith("desc-applied_predictions.tsv")), sep="\t")
+    expected = in_run.set_index("participant_id").loc[scores["participant_id"], "score"].to_numpy()
+    assert np.allclose(scores["score"].to_numpy(), expected, atol=1e-9, rtol=0)
+    with pytest.raises(BadDataError, match="trained on voxel features but the input has regional features"):
+        run_group(out, participants=external, sessions=pd.DataFrame(), params=StructuralParams(model_file=bundle),
+                  design=None, writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
