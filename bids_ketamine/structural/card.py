@@ -91,6 +91,8 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
                                "probability_at_threshold": float(cal.map(0.0))},
         "out_of_distribution": {"age_range": reference["age_range"], "tiv_range": reference["tiv_range"],
                                 "feature_distance_threshold": reference["ood_threshold"]},
-        "limitations": list(LIMITATIONS),
+        "limitations": list(LIMITATIONS) if grid is None else [
+            "Voxel-wise modulated grey matter on one MNI grid from one feature source: regional input, another "
+            "grid or another source is refused." if item.startswith("Regional") else item for item in LIMITATIONS],
     }
     return ModelBundle(pipeline=results.final_model, calibration=calibration, reference=reference, card=card)

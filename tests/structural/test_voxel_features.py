@@ -174,7 +174,9 @@ def test_group_level_voxel_option_end_to_end_and_apply(tmp_path):
         "FeatureType"] == "voxel"
     card = json.loads(next(p for p in outputs if p.name.endswith("_model.json")).read_text())
     assert card["features"]["type"] == "voxel" and card["features"]["voxel_grid"]["voxel_size_mm"] == 12.0
-    assert "PCA" in card["model"]["kind"]
+    assert "PCA" in card["model"]["kind"] and any(item.startswith("Voxel-wise") for item in card["limitations"])
+    card_md = next(p for p in outputs if p.name.endswith("_model.md")).read_text()
+    assert "- voxel-wise: " in card_md and "refuses regional input" in card_md
     bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
     in_run = pd.read_csv(next(p for p in outputs if p.name.endswith("desc-voxelsvm_predictions.tsv")), sep="\t")
     external = participants[participants["cohort"] == "external"]
