@@ -46,6 +46,15 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     features, info = load_regional_features(output_dir, params.anat.atlas_name)
     paths = sorted(output_dir.glob("sub-*/anat/*_morph.tsv")) + sorted(output_dir.glob("sub-*/ses-*/anat/*_morph.tsv"))
     atlas = re.search(r"_atlas-([A-Za-z0-9]+)", paths[0].name).group(1)
+    if params.feature_type == "voxel":
+        from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
+
+        vgrid = ref.get("voxel_grid")
+        grid = grid_from_columns(ref["feature_names"], vgrid["affine"], vgrid["shape"]) if vgrid \
+            else mni_grid(params.voxel_size_mm)
+        fwhm = vgrid["fwhm_mm"] if vgrid else params.voxel_fwhm_mm
+        features = load_voxel_features(output_dir, list(features.index), grid, fwhm_mm=fwhm,
+                                       sessions=info["session"].dropna().to_dict())
     check_compatible(ref, atlas=atlas, regions=list(features.columns),
                      feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
     table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
