@@ -192,14 +192,20 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                        "CAT12, FreeSurfer) or, failing those, from the built-in pipeline (N4 bias correction [n4], "
                        "brain extraction, three-class segmentation and SyN registration to the MNI152 template "
                        "[ants]).")
+    voxel = p.get("feature_type") == "voxel"
     paras = [_join([
         "Grey-matter (GM) features were derived from each participant's pre-treatment T1-weighted image.",
         source_text,
         "GM probability maps in MNI152NLin2009cAsym space were modulated by the Jacobian determinant of the "
         "normalisation" + (f" at {res} resolution" if res else "") + (f", smoothed with a {fwhm} FWHM kernel"
                                                                        if fwhm else "") + ",",
-        f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
-        "recorded for each participant.",
+        (f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
+         "recorded for each participant." if not voxel else
+         "and used as voxel-wise features: " + (f"smoothed with a {_fmt(p.get('voxel_fwhm_mm'))} mm FWHM Gaussian "
+                                                "kernel, " if (p.get("voxel_fwhm_mm") or 0) > 0 else "")
+         + f"averaged onto an isotropic {_fmt(p.get('voxel_size_mm') or 4)} mm MNI152 grid and masked with "
+         "the MNI152 GM template (probability > 0.2) [nilearn]; total intracranial volume (TIV) was recorded for "
+         "each participant."),
     ])]
     if ran_group:
         response = design.get("response") or {}
@@ -229,7 +235,9 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             "cohort in a pipeline of",
             ("train-only ComBat harmonisation across sites [combat] (fitted on training folds only, preserving age, "
              "sex and TIV effects, never the outcome), " if combat is not False else "no site harmonisation, ")
-            + "feature scaling" + (f", PCA ({_fmt(pca)} components)" if pca not in (None, False, 0) else "")
+            + "feature scaling" + (f", PCA fitted in the training folds (keeping "
+                                   f"{_fmt(p.get('voxel_pca_variance') or 0.8)} of the variance)" if voxel else
+                                   f", PCA ({_fmt(pca)} components)" if pca not in (None, False, 0) else "")
             + " and the classifier.",
             "Performance was estimated with " + (f"{repeats} repeats of " if repeats else "repeated ")
             + (f"{outer}-fold " if outer else "") + "nested cross-validation, the cost C being tuned in an inner "

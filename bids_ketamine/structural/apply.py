@@ -73,6 +73,15 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     features, info = load_regional_features(output_dir, atlas)
     paths = sorted(output_dir.glob(f"sub-*/anat/*_atlas-{atlas}_morph.tsv")) \
         + sorted(output_dir.glob(f"sub-*/ses-*/anat/*_atlas-{atlas}_morph.tsv"))
+    if params.feature_type == "voxel":
+        from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
+
+        vgrid = ref.get("voxel_grid")
+        grid = grid_from_columns(ref["feature_names"], vgrid["affine"], vgrid["shape"]) if vgrid \
+            else mni_grid(params.voxel_size_mm)
+        fwhm = vgrid["fwhm_mm"] if vgrid else params.voxel_fwhm_mm
+        features = load_voxel_features(output_dir, list(features.index), grid, fwhm_mm=fwhm,
+                                       sessions=info["session"].dropna().to_dict())
     check_compatible(ref, atlas=atlas, regions=list(features.columns),
                      feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
     table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
