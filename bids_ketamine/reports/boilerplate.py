@@ -210,9 +210,11 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
     if ran_group:
         response = design.get("response") or {}
         if response.get("kind") == "column":
-            rule = (f"the participants.tsv column '{response.get('column')}' with positive value(s) "
-                    f"{', '.join(map(str, response.get('positive') or []))}")
+            positive = ", ".join(map(str, response.get("positive") or []))
+            rule = f"the participants.tsv column '{response.get('column')}' with positive value(s) {positive}"
+            outcome_name, towards = "The outcome", f"{response.get('column')} = {positive}"
         else:
+            outcome_name, towards = "Response", "response"
             share = response.get("min_reduction")
             rule = (f"a reduction of the MADRS score by at least {share * 100:g} % at 24 h" if share is not None
                     else "a MADRS reduction at 24 h")
@@ -228,7 +230,7 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
         pca = p.get("pca_components", "n_components", "pca")
         combat = p.get("harmonize", "harmonise", "combat", "use_combat")
         paras.append(_join([
-            f"Response was defined as {rule} [bryant2026].",
+            f"{outcome_name} was defined as {rule} [bryant2026].",
             "A linear support-vector classifier with balanced class weights [sklearn] was trained on the discovery "
             "cohort in a pipeline of",
             ("train-only ComBat harmonisation across sites [combat] (fitted on training folds only, preserving age, "
@@ -248,7 +250,7 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             (f"The model fitted on the whole discovery cohort was frozen and scored {scored_text}"
              + (", each with its own permutation p." if perms else ".")) if scored_text else None,
             "Classifier weights of the model fitted on the whole discovery cohort were made interpretable as "
-            "activation patterns with the Haufe transform [haufe] (positive: towards response).",
+            f"activation patterns with the Haufe transform [haufe] (positive: towards {towards}).",
         ]))
     return paras
 
@@ -536,7 +538,7 @@ def group_descriptions(folder: OutputFolder, analysis: str, pattern: str) -> lis
     return found
 
 
-_TEXTS = {"structural": "Structural prediction of response", "connectivity": "Heterogeneity of the functional "
+_TEXTS = {"structural": "Structural outcome prediction", "connectivity": "Heterogeneity of the functional "
           "response (connectivity)", "spectroscopy": "Glutamate by ¹H MR spectroscopy (static MRS or fMRS)"}
 
 

@@ -40,8 +40,10 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, n_boot: in
     return fig
 
 
-def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str):
-    """2 x 2 confusion matrix of the predicted class (score > 0 = responder) against the outcome."""
+def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, positive: str = "responder",
+                     negative: str = "non-responder"):
+    """2 x 2 confusion matrix of the predicted class (score > 0 = ``positive``) against the outcome; the class
+    names come from the design's outcome wording (``structural.wording``), never a fixed "responder"."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -55,8 +57,8 @@ def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str):
     for i in range(2):
         for j in range(2):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=12)
-    ax.set_xticks([0, 1], ["predicted non-responder", "predicted responder"], fontsize=7)
-    ax.set_yticks([0, 1], ["non-responder", "responder"], fontsize=7)
+    ax.set_xticks([0, 1], [f"predicted {negative}", f"predicted {positive}"], fontsize=7)
+    ax.set_yticks([0, 1], [negative, positive], fontsize=7)
     ax.set_title(title, fontsize=9)
     return fig
 

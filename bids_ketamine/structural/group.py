@@ -339,7 +339,8 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
             figures.append((roc_figure(labels, scores, title=f"{cohort}: AUC {auc:.2f} (n = {labels.size})",
                                        n_boot=min(params.n_bootstrap, 1000), ci=params.ci_level, seed=seed),
                             {**base, "cohort": cohort}, "roc"))
-        figures.append((confusion_figure(labels, scores, title=f"{cohort} (n = {labels.size})"),
+        figures.append((confusion_figure(labels, scores, title=f"{cohort} (n = {labels.size})",
+                                         positive=wording.positive, negative=wording.negative),
                         {**base, "cohort": cohort}, "confusion"))
     if results.null_bac.size:
         observed = float(results.metrics.query("cohort == 'discovery' and metric == 'bac'")["value"].iloc[0])

@@ -77,7 +77,7 @@ def test_names_exactly_the_analyses_that_ran(tmp_path):
     assert "Analyses run: connectivity. Attempted without any result (see the reports' errors): spectroscopy." \
         in text
     assert "## Heterogeneity of the functional response (connectivity)" in text
-    assert "Structural prediction" not in text and "functional MRS" not in text
+    assert "Structural outcome prediction" not in text and "functional MRS" not in text
     assert "### structural" not in text and "### spectroscopy" not in text
     # participant level only: no group-level paragraph (no PCA sentence), and no group-only reference
     assert "principal component analysis" not in text and "BrainSMASH" not in text
