@@ -192,21 +192,29 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                        "CAT12, FreeSurfer) or, failing those, from the built-in pipeline (N4 bias correction [n4], "
                        "brain extraction, three-class segmentation and SyN registration to the MNI152 template "
                        "[ants]).")
+    voxel = p.get("feature_type") == "voxel"
     paras = [_join([
         "Grey-matter (GM) features were derived from each participant's pre-treatment T1-weighted image.",
         source_text,
         "GM probability maps in MNI152NLin2009cAsym space were modulated by the Jacobian determinant of the "
         "normalisation" + (f" at {res} resolution" if res else "") + (f", smoothed with a {fwhm} FWHM kernel"
                                                                        if fwhm else "") + ",",
-        f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
-        "recorded for each participant.",
+        (f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
+         "recorded for each participant." if not voxel else
+         "and used as voxel-wise features: " + (f"smoothed with a {_fmt(p.get('voxel_fwhm_mm'))} mm FWHM Gaussian "
+                                                "kernel, " if (p.get("voxel_fwhm_mm") or 0) > 0 else "")
+         + f"averaged onto an isotropic {_fmt(p.get('voxel_size_mm') or 4)} mm MNI152 grid and masked with "
+         "the MNI152 GM template (probability > 0.2) [nilearn]; total intracranial volume (TIV) was recorded for "
+         "each participant."),
     ])]
     if ran_group:
         response = design.get("response") or {}
         if response.get("kind") == "column":
-            rule = (f"the participants.tsv column '{response.get('column')}' with positive value(s) "
-                    f"{', '.join(map(str, response.get('positive') or []))}")
+            positive = ", ".join(map(str, response.get("positive") or []))
+            rule = f"the participants.tsv column '{response.get('column')}' with positive value(s) {positive}"
+            outcome_name, towards = "The outcome", f"{response.get('column')} = {positive}"
         else:
+            outcome_name, towards = "Response", "response"
             share = response.get("min_reduction")
             rule = (f"a reduction of the MADRS score by at least {share * 100:g} % at 24 h" if share is not None
                     else "a MADRS reduction at 24 h")
@@ -222,12 +230,14 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
         pca = p.get("pca_components", "n_components", "pca")
         combat = p.get("harmonize", "harmonise", "combat", "use_combat")
         paras.append(_join([
-            f"Response was defined as {rule} [bryant2026].",
+            f"{outcome_name} was defined as {rule} [bryant2026].",
             "A linear support-vector classifier with balanced class weights [sklearn] was trained on the discovery "
             "cohort in a pipeline of",
             ("train-only ComBat harmonisation across sites [combat] (fitted on training folds only, preserving age, "
              "sex and TIV effects, never the outcome), " if combat is not False else "no site harmonisation, ")
-            + "feature scaling" + (f", PCA ({_fmt(pca)} components)" if pca not in (None, False, 0) else "")
+            + "feature scaling" + (f", PCA fitted in the training folds (keeping "
+                                   f"{_fmt(p.get('voxel_pca_variance') or 0.8)} of the variance)" if voxel else
+                                   f", PCA ({_fmt(pca)} components)" if pca not in (None, False, 0) else "")
             + " and the classifier.",
             "Performance was estimated with " + (f"{repeats} repeats of " if repeats else "repeated ")
             + (f"{outer}-fold " if outer else "") + "nested cross-validation, the cost C being tuned in an inner "
@@ -240,7 +250,7 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             (f"The model fitted on the whole discovery cohort was frozen and scored {scored_text}"
              + (", each with its own permutation p." if perms else ".")) if scored_text else None,
             "Classifier weights of the model fitted on the whole discovery cohort were made interpretable as "
-            "activation patterns with the Haufe transform [haufe] (positive: towards response).",
+            f"activation patterns with the Haufe transform [haufe] (positive: towards {towards}).",
         ]))
     return paras
 
@@ -528,7 +538,7 @@ def group_descriptions(folder: OutputFolder, analysis: str, pattern: str) -> lis
     return found
 
 
-_TEXTS = {"structural": "Structural prediction of response", "connectivity": "Heterogeneity of the functional "
+_TEXTS = {"structural": "Structural outcome prediction", "connectivity": "Heterogeneity of the functional "
           "response (connectivity)", "spectroscopy": "Glutamate by ¹H MR spectroscopy (static MRS or fMRS)"}
 
 

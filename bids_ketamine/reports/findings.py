@@ -54,7 +54,7 @@ ANCHORS: dict[str, dict[str, Any]] = {
         "values": {"glx_pretreatment_x_time_F": 4.83, "glx_p": 0.029, "madrs_F": 5.39, "madrs_p": 0.023},
     },
 }
-TITLES = {"structural": "Prediction of ketamine response (structural)",
+TITLES = {"structural": "Outcome prediction (structural)",
           "connectivity": "Heterogeneity of the functional response (connectivity)",
           "spectroscopy": "Glutamate during the infusion (spectroscopy)"}
 

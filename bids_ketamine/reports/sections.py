@@ -48,7 +48,7 @@ PARTICIPANT_SECTIONS = (
     ("methods", "Methods", None),
 )
 GROUP_SECTIONS = (
-    ("prediction", "Prediction of ketamine response (structural)", "structural"),
+    ("prediction", "Outcome prediction (structural)", "structural"),
     ("heterogeneity", "Heterogeneity of the functional response (connectivity)", "connectivity"),
     ("spectroscopy", "Glutamate during the infusion (spectroscopy)", "spectroscopy"),
     ("errors", "Errors and exclusions", None),

@@ -633,6 +633,11 @@ def refine_bounds(model: LinearCombinationModel, params: FitParams, phi0: float
     return lo, hi, vary
 
 
+#: Convergence tolerances (ftol, xtol, gtol) of the refinement. 1e-8 instead of 1e-10 saves about a fifth of the
+#: solver's iterations; concentrations and CRLBs move by < 1e-4 relative (real 3T spectrum and simulated spectra).
+REFINE_TOLERANCE = 1e-8
+
+
 def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, phi0: float):
     """Joint nonlinear refinement from ``x0``: scipy's bounded trust-region reflective solver
     (``least_squares(method="trf")``) on the free parameters, with the analytic Jacobian.
@@ -656,7 +661,8 @@ def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, ph
         return model.jacobian(unpack(z))[:, free]
 
     ret = least_squares(resid, x[free], jac=jac, bounds=(lo[free], hi[free]), method="trf", x_scale="jac",
-                        max_nfev=params.max_nfev, ftol=1e-10, xtol=1e-10, gtol=1e-10)
+                        max_nfev=params.max_nfev, ftol=REFINE_TOLERANCE, xtol=REFINE_TOLERANCE,
+                        gtol=REFINE_TOLERANCE)
     out = RefineOutcome(success=bool(ret.success), message=str(ret.message), nfev=int(ret.nfev))
     return unpack(ret.x), out, [int(i) for i in free]
 

@@ -14,8 +14,9 @@ statsmodels' MixedLM cannot take known residual variances and FLAMEO needs FSL.
 The terms keep the names of the block-wise model of :mod:`.group`: in the slope model the intercept is ``time``
 (slope in placebo, averaged over sex), ``nal`` is ``pretreatment_x_time``, ``sex_c`` ``sex_x_time`` and ``nal:sex_c``
 ``sex_x_pretreatment_x_time``; the level model gives ``intercept``, ``pretreatment``, ``sex``,
-``sex_x_pretreatment`` and the crossover period (a level shift, as in the block-wise model). Wald t tests use the
-sessions minus fixed effects as degrees of freedom, as the block-wise model uses observations minus fixed effects.
+``sex_x_pretreatment`` and the crossover period (a level shift, as in the block-wise model). Wald t tests use
+Satterthwaite degrees of freedom (:func:`satterthwaite_df`; the block-wise model uses observations minus fixed
+effects).
 """
 
 from __future__ import annotations
@@ -74,6 +75,38 @@ def reml_known_variance(y: np.ndarray, x: np.ndarray, se: np.ndarray, groups: np
     return beta * scale, np.linalg.inv(xtvx) * scale**2, float(tu * scale**2), float(te * scale**2)
 
 
+def satterthwaite_df(x: np.ndarray, se: np.ndarray, groups: np.ndarray, tau_u: float, tau_e: float
+                     ) -> np.ndarray:
+    """Satterthwaite degrees of freedom of each fixed effect of :func:`reml_known_variance`'s model.
+
+    ``2 g^2 / (grad g' A grad g)`` with ``g`` the coefficient's variance as a function of (tau_u^2, tau_e^2) and
+    ``A`` the inverse REML (expected) information of the two variances, as lmerTest does for lme4. Why not the
+    sessions minus fixed effects: a pretreatment contrast is within subjects, so with few subjects and dominant
+    between-session variance that count is too large (p < 0.05 in 12 % of 4-subject null studies), while with
+    dominant known first-level variances it is too small (0.6 %); the Satterthwaite count follows where the
+    variance comes from. Clipped to [1, sessions x 1000] (a known variance: in effect a z test).
+    """
+    x, se = np.asarray(x, float), np.asarray(se, float)
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    z = (inverse[:, None] == np.arange(inverse.max() + 1)[None, :]).astype(float)
+    n = x.shape[0]
+    components = (z @ z.T, np.eye(n))
+    v = np.diag(se**2 + tau_e) + tau_u * components[0]
+    vi = np.linalg.inv(v)
+    m_inv = np.linalg.inv(x.T @ vi @ x)
+    p_mat = vi - vi @ x @ m_inv @ x.T @ vi
+    info = np.array([[0.5 * np.trace(p_mat @ a @ p_mat @ b) for b in components] for a in components])
+    a_cov = np.linalg.pinv(info)
+    # d cov(beta) / d tau_k = M^-1 X' V^-1 V_k V^-1 X M^-1
+    grads = np.stack([np.diag(m_inv @ x.T @ vi @ vk @ vi @ x @ m_inv) for vk in components], axis=1)
+    g = np.diag(m_inv)
+    denom = np.einsum("jk,kl,jl->j", grads, a_cov, grads)
+    upper = 1000.0 * n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denom > 0, 2 * g**2 / denom, upper)
+    return np.clip(df, 1.0, upper)
+
+
 def summary_model(frame: pd.DataFrame, outcome: str, quantity: str, rhs: str, terms: dict[str, str]
                   ) -> pd.DataFrame:
     """Coefficient table (the columns of :data:`.group.STATS_COLUMNS`) of one summary-statistics model.
@@ -86,11 +119,12 @@ def summary_model(frame: pd.DataFrame, outcome: str, quantity: str, rhs: str, te
     xm = dmatrix(rhs, d, return_type="dataframe")
     beta, cov, tau_u, tau_e = reml_known_variance(d["estimate"].to_numpy(), xm.to_numpy(), d["se"].to_numpy(),
                                                   d["participant_id"].to_numpy())
-    dof = max(len(d) - xm.shape[1], 1)
-    tq = stats.t.ppf(0.975, dof)
+    dofs = satterthwaite_df(xm.to_numpy(), d["se"].to_numpy(), d["participant_id"].to_numpy(), tau_u, tau_e)
     rows = []
     for j, term in enumerate(xm.columns):
         est, s = float(beta[j]), float(np.sqrt(max(cov[j, j], 0.0)))
+        dof = float(dofs[j])
+        tq = stats.t.ppf(0.975, dof)
         tval = est / s if s > 0 else np.nan
         name = terms.get(term, term.replace("C(period)[T.", "period_").rstrip("]"))
         rows.append({"outcome": outcome, "term": name, "estimate": est, "se": s, "ci_low": est - tq * s,

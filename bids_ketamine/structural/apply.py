@@ -32,6 +32,32 @@ APPLIED_COLUMNS = {
 }
 
 
+#: Cohort label of scored participants that the design would call "discovery" (they are not the training cohort).
+APPLIED_COHORT = "applied"
+
+
+def model_atlas(reference: dict, output_dir: Path, *, configured: str | None, model_file=None) -> str:
+    """The atlas to read: the model's own (never the config's). A configured ``structural.anat.atlas_name`` that
+    differs, or participant tables without the model's atlas, are refused with one line."""
+    from bids_ketamine.errors import BadDataError
+
+    trained = reference["atlas"]
+    if configured and configured != trained:
+        raise BadDataError(f"structural.anat.atlas_name = {configured!r} but the model was trained on atlas "
+                           f"{trained!r}", path=model_file,
+                           fix=f"remove structural.anat.atlas_name or set it to {trained!r} to apply this model")
+    found = sorted(set(output_dir.glob("sub-*/anat/*_morph.tsv")) | set(output_dir.glob("sub-*/ses-*/anat/*_morph.tsv")))
+    if not found:
+        raise MissingInputError("no participant-level structural tables (sub-*/anat/*_morph.tsv)", path=output_dir,
+                                fix="run the participant level first")
+    present = sorted({m.group(1) for p in found if (m := re.search(r"_atlas-([A-Za-z0-9]+)", p.name))})
+    if trained not in present:
+        raise BadDataError(f"the regional tables use atlas {', '.join(map(repr, present))}, the model was trained "
+                           f"on atlas {trained!r}", path=found[0],
+                           fix="run the participant level with the model's atlas (see the model card)")
+    return trained
+
+
 def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, writer) -> list[Path]:
     from bids_ketamine.structural.bundle import load_bundle
     from bids_ketamine.structural.figures import patient_figure
@@ -43,9 +69,19 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
 
     bundle = load_bundle(params.model_file)
     ref = bundle.reference
-    features, info = load_regional_features(output_dir, params.anat.atlas_name)
-    paths = sorted(output_dir.glob("sub-*/anat/*_morph.tsv")) + sorted(output_dir.glob("sub-*/ses-*/anat/*_morph.tsv"))
-    atlas = re.search(r"_atlas-([A-Za-z0-9]+)", paths[0].name).group(1)
+    atlas = model_atlas(ref, output_dir, configured=params.anat.atlas_name, model_file=params.model_file)
+    features, info = load_regional_features(output_dir, atlas)
+    paths = sorted(output_dir.glob(f"sub-*/anat/*_atlas-{atlas}_morph.tsv")) \
+        + sorted(output_dir.glob(f"sub-*/ses-*/anat/*_atlas-{atlas}_morph.tsv"))
+    if params.feature_type == "voxel":
+        from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
+
+        vgrid = ref.get("voxel_grid")
+        grid = grid_from_columns(ref["feature_names"], vgrid["affine"], vgrid["shape"]) if vgrid \
+            else mni_grid(params.voxel_size_mm)
+        fwhm = vgrid["fwhm_mm"] if vgrid else params.voxel_fwhm_mm
+        features = load_voxel_features(output_dir, list(features.index), grid, fwhm_mm=fwhm,
+                                       sessions=info["session"].dropna().to_dict())
     check_compatible(ref, atlas=atlas, regions=list(features.columns),
                      feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
     table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
@@ -68,6 +104,9 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     cal, card = bundle.calibration, bundle.card
 
     table_out = scored.reset_index()
+    # the batch stays as scored (one batch per cohort, as in the training run); only the name changes: a
+    # participant of the dataset being scored is not part of the model's discovery (training) cohort
+    table_out["cohort"] = table_out["cohort"].replace({"discovery": APPLIED_COHORT})
     table_out["participant_id"] = "sub-" + table_out["participant_id"].astype(str)
     columns = {**{k: v for k, v in prediction_columns(wording).items() if k != "score_sd"}, **PROBABILITY_COLUMNS,
                **APPLIED_COLUMNS}

@@ -129,8 +129,12 @@ def card_markdown(card: dict[str, Any]) -> str:
              "## Intended use", "", card["intended_use"], "", "## Outcome", "", card["outcome"]["phrase"], "",
              "## Features", "",
              f"- source: {', '.join(card['features']['source']) or 'unknown'}",
-             f"- atlas: {card['features']['atlas']} ({len(card['features']['names'])} regions, "
-             f"{card['features']['units']})",
+             (f"- atlas: {card['features']['atlas']} ({len(card['features']['names'])} regions, "
+              f"{card['features']['units']})" if card["features"].get("type", "regional") == "regional" else
+              f"- voxel-wise: {len(card['features']['names'])} voxels of a "
+              f"{card['features']['voxel_grid']['voxel_size_mm']:g} mm MNI152 grid (GM template mask), smoothing "
+              f"FWHM {card['features']['voxel_grid']['fwhm_mm']:g} mm, {card['features']['units']}; a model of "
+              "this type refuses regional input"),
              f"- harmonisation: {card['harmonisation']['method']}; training sites: "
              f"{', '.join(f'{s} (n={n})' for s, n in card['harmonisation']['sites'].items())}",
              f"- unseen site: {card['harmonisation']['unseen_site']}", "",

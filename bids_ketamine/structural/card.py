@@ -35,7 +35,8 @@ def _metric_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def build_bundle(results, *, params, atlas: str, feature_source: list[str], wording, seed: int) -> ModelBundle:
+def build_bundle(results, *, params, atlas: str, feature_source: list[str], wording, seed: int,
+                 grid=None) -> ModelBundle:
     """The bundle of the final discovery model: pipeline, calibration, training reference and card."""
     table = results.training_table
     frame = results.training_frame
@@ -43,22 +44,31 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
     oof = results.calibration_scores
     reference = training_reference(results.final_model, frame, table, oof_scores=oof, labels=y, atlas=atlas,
                                    feature_source=feature_source, min_unseen_site_size=params.min_unseen_site_size)
+    feature_type = "voxel" if grid is not None else "regional"
+    reference["feature_type"] = feature_type
+    if grid is not None:
+        reference["voxel_grid"] = {**grid.describe(), "fwhm_mm": params.voxel_fwhm_mm}
+    pca = params.voxel_pca_variance if grid is not None else params.pca_variance
     cal = results.calibration
     calibration = {"method": "platt", "slope": cal.map.slope, "intercept": cal.map.intercept,
                    "boot_slopes": cal.boot_slopes, "boot_intercepts": cal.boot_intercepts}
     sexes = table["sex"].value_counts().to_dict() if "sex" in table else {}
     card = {
         "model": {"name": f"bids_ketamine structural SVM ({atlas})", "kind": "ComBat -> standard scaling -> "
-                  + ("PCA -> " if params.pca_variance else "") + "balanced linear SVM",
+                  + (f"PCA ({pca:g} of the training variance, fitted in the training folds) -> " if pca else "")
+                  + "balanced linear SVM", "feature_type": feature_type,
                   "C": results.final_c, "covariates": [c.removeprefix("__cov_").removesuffix("__")
                                                        for c in reference["covariates"]],
                   "random_seed": seed, "parameters": params.model_dump(mode="json", exclude={"anat", "model_file"})},
         "app": {"name": "bids_ketamine", "version": __version__, "libraries": library_versions()},
         "intended_use": f"Research estimate of the probability of {wording.phrase} for an adult scanned like the "
-                        "training cohort, from regional grey-matter volumes of a pre-treatment T1w image.",
+                        "training cohort, from " + ("voxel-wise modulated grey matter" if grid is not None else
+                                                      "regional grey-matter volumes") + " of a pre-treatment T1w image.",
         "outcome": {"phrase": wording.phrase, "positive": wording.positive, "negative": wording.negative},
         "features": {"source": sorted({s for s in feature_source if s}), "atlas": atlas,
-                     "names": reference["feature_names"], "units": "grey-matter volume, mm^3"},
+                     "type": feature_type, "names": reference["feature_names"],
+                     "units": "grey-matter volume, mm^3" + (" per grid voxel" if grid is not None else ""),
+                     **({"voxel_grid": reference["voxel_grid"]} if grid is not None else {})},
         "harmonisation": {
             "method": "ComBat (empirical Bayes, fitted on the training subjects; covariates kept: "
                       + (", ".join(reference["covariates"]) or "none") + ")" if params.harmonize else "none",
@@ -81,6 +91,8 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
                                "probability_at_threshold": float(cal.map(0.0))},
         "out_of_distribution": {"age_range": reference["age_range"], "tiv_range": reference["tiv_range"],
                                 "feature_distance_threshold": reference["ood_threshold"]},
-        "limitations": list(LIMITATIONS),
+        "limitations": list(LIMITATIONS) if grid is None else [
+            "Voxel-wise modulated grey matter on one MNI grid from one feature source: regional input, another "
+            "grid or another source is refused." if item.startswith("Regional") else item for item in LIMITATIONS],
     }
     return ModelBundle(pipeline=results.final_model, calibration=calibration, reference=reference, card=card)

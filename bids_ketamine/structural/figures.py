@@ -40,8 +40,10 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, n_boot: in
     return fig
 
 
-def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str):
-    """2 x 2 confusion matrix of the predicted class (score > 0 = responder) against the outcome."""
+def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, positive: str = "responder",
+                     negative: str = "non-responder"):
+    """2 x 2 confusion matrix of the predicted class (score > 0 = ``positive``) against the outcome; the class
+    names come from the design's outcome wording (``structural.wording``), never a fixed "responder"."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -55,8 +57,8 @@ def confusion_figure(labels: np.ndarray, scores: np.ndarray, *, title: str):
     for i in range(2):
         for j in range(2):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=12)
-    ax.set_xticks([0, 1], ["predicted non-responder", "predicted responder"], fontsize=7)
-    ax.set_yticks([0, 1], ["non-responder", "responder"], fontsize=7)
+    ax.set_xticks([0, 1], [f"predicted {negative}", f"predicted {positive}"], fontsize=7)
+    ax.set_yticks([0, 1], [negative, positive], fontsize=7)
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -147,4 +149,26 @@ def patient_figure(*, score: float, probability: float, interval: tuple[float, f
     ax.set_xlabel(f"contribution to score (+ towards {positive})")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def voxel_pattern_figure(img, *, title: str, n_slices: int = 8):
+    """Axial slices of a voxel-wise Haufe map (diverging colours, symmetric scale, colour bar, MNI z in mm)."""
+    import matplotlib.pyplot as plt
+
+    data = np.asarray(img.dataobj, dtype=float)
+    nonzero = np.nonzero(np.abs(data).sum(axis=(0, 1)) > 0)[0]
+    ks = np.linspace(nonzero.min(), nonzero.max(), n_slices + 2)[1:-1].round().astype(int) if nonzero.size \
+        else np.linspace(0, data.shape[2] - 1, n_slices).round().astype(int)
+    vmax = float(np.percentile(np.abs(data[data != 0]), 99)) if np.any(data) else 1.0
+    fig, axes = plt.subplots(1, n_slices, figsize=(1.6 * n_slices + 1, 2.6), squeeze=False)
+    image = None
+    for ax, k in zip(axes[0], ks):
+        image = ax.imshow(np.rot90(data[:, :, k]), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        z_mm = float(img.affine[2, 2] * k + img.affine[2, 3])
+        ax.set_title(f"z = {z_mm:.0f} mm", fontsize=8)
+        ax.axis("off")
+    bar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
+    bar.set_label("activation (SD per unit score)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
     return fig

@@ -205,13 +205,14 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
     covariates, cov_notes = _covariates(table, params.covariates)
     notes += cov_notes
     spec = ModelSpec(covariates=tuple(covariates.columns), harmonize=params.harmonize,
-                     pca_variance=params.pca_variance, min_unseen_site_size=params.min_unseen_site_size,
+                     pca_variance=params.voxel_pca_variance if params.feature_type == "voxel" else params.pca_variance,
+                     min_unseen_site_size=params.min_unseen_site_size,
                      tol=params.solver_tol)
     frame = model_frame(features.loc[common].reset_index(drop=True), table["site"].to_numpy(),
                         covariates.reset_index(drop=True))
     frame.index = pd.Index(common, name="participant_id")
     if not np.all(np.isfinite(features.loc[common].to_numpy(dtype=float))):
-        raise BadDataError("the regional grey-matter table has missing values", path=source,
+        raise BadDataError(f"the {params.feature_type} grey-matter features have missing values", path=source,
                            fix="re-run the participant level for the subjects with n/a volumes")
     disc_frame = frame.loc[disc]
     sites = table.loc[disc, "site"].to_numpy()
@@ -312,14 +313,22 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     if table.empty:
         raise MissingInputError("no participant with grey-matter features is in participants.tsv",
                                 path=output_dir, fix="run the participant level for the subjects of participants.tsv")
+    grid = None
+    if params.feature_type == "voxel":
+        from bids_ketamine.structural.voxel_features import load_voxel_features, mni_grid
+
+        grid = mni_grid(params.voxel_size_mm)
+        features = load_voxel_features(output_dir, table["participant_id"].tolist(), grid,
+                                       fwhm_mm=params.voxel_fwhm_mm, sessions=info["session"].dropna().to_dict())
     results = analyse(features.loc[table["participant_id"]], table, params, seed=seed, n_jobs=n_jobs,
                       source=output_dir, wording=wording)
     feature_source = sorted({str(s) for s in info.loc[results.training_table.index, "feature_source"].dropna()})
     bundle = build_bundle(results, params=params, atlas=atlas_name, feature_source=feature_source,
-                          wording=wording, seed=seed)
+                          wording=wording, seed=seed, grid=grid)
 
     # ----- everything computed: build figures and the map, then write
-    base = {"atlas": atlas_name, "desc": "svm"}
+    base = {"atlas": atlas_name, "desc": "svm"} if grid is None else \
+        {"res": f"{params.voxel_size_mm:g}mm".replace(".", "p"), "desc": "voxelsvm"}
     sources = [p for p in paths]
     parameters = {**params.model_dump(mode="json", exclude={"anat", "model_file"}), "random_seed": seed,
                   "final_model_C": results.final_c}
@@ -330,7 +339,8 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
             figures.append((roc_figure(labels, scores, title=f"{cohort}: AUC {auc:.2f} (n = {labels.size})",
                                        n_boot=min(params.n_bootstrap, 1000), ci=params.ci_level, seed=seed),
                             {**base, "cohort": cohort}, "roc"))
-        figures.append((confusion_figure(labels, scores, title=f"{cohort} (n = {labels.size})"),
+        figures.append((confusion_figure(labels, scores, title=f"{cohort} (n = {labels.size})",
+                                         positive=wording.positive, negative=wording.negative),
                         {**base, "cohort": cohort}, "confusion"))
     if results.null_bac.size:
         observed = float(results.metrics.query("cohort == 'discovery' and metric == 'bac'")["value"].iloc[0])
@@ -342,14 +352,30 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     figures.append((calibration_figure(cal.curve, title=f"discovery, cross-fitted: Brier {cal.brier:.3f}, ECE "
                                                         f"{cal.ece:.3f} (n = {cal.cross_fitted.size})"),
                     {**base, "cohort": "discovery"}, "calibration"))
-    atlas = _atlas_for(params, atlas_name, results.weights["region"].tolist())
-    weight_map = region_map(results.weights.set_index("region")["activation"], atlas) if atlas is not None else None
-    if atlas is None:
+    if grid is not None:
+        from bids_ketamine.structural.figures import voxel_pattern_figure
+        from bids_ketamine.structural.voxel_features import pattern_image
+
+        atlas = None
+        weight_map = pattern_image(results.weights.set_index("region")["activation"], grid)
+        figures.append((voxel_pattern_figure(weight_map, title=f"Haufe pattern, voxel-wise model "
+                                                                f"({params.voxel_size_mm:g} mm, {grid.mask.sum()} "
+                                                                "voxels, MNI)"), base, "haufe"))
+    else:
+        atlas = _atlas_for(params, atlas_name, results.weights["region"].tolist())
+        weight_map = region_map(results.weights.set_index("region")["activation"], atlas) if atlas is not None \
+            else None
+    if atlas is None and grid is None:
         results.notes.append("the atlas of the regional tables was not found: no MNI weight map written")
     meta: dict[str, Any] = {"Notes": results.notes, "ChosenC_PerOuterFold": results.chosen_c.tolist(),
                             "FinalModelC": results.final_c, "Outcome": wording.phrase,
                             "Folds": {"outer": results.folds[0], "inner": results.folds[1]},
-                            "SignConvention": f"positive scores and activations point towards {wording.positive}"}
+                            "SignConvention": f"positive scores and activations point towards {wording.positive}",
+                            "FeatureType": params.feature_type}
+    if grid is not None:
+        meta["VoxelGrid"] = {**grid.describe(), "space": "MNI152 (nilearn template grid)",
+                             "mask": "nilearn MNI152 GM template > 0.2", "fwhm_mm": params.voxel_fwhm_mm,
+                             "pca_variance": params.voxel_pca_variance}
     outputs = [
         writer.write_table(results.predictions, entities=base, suffix="predictions", datatype=DATATYPE,
                            columns=prediction_columns(wording), sources=sources, parameters=parameters,
@@ -370,13 +396,19 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
                            description="Calibration curve of the cross-fitted probabilities (discovery cohort)"),
     ]
     if weight_map is not None:
-        outputs.append(writer.write_nifti(weight_map, entities={"atlas": atlas_name, "desc": "haufe"},
-                                          suffix="weights", datatype=DATATYPE, sources=sources,
-                                          parameters=parameters, metadata={
-                                              "Description": "Haufe activation of the final model painted into "
-                                                             "the atlas regions (SD per unit score; positive = "
-                                                             f"more grey matter towards {wording.positive})",
-                                              "Atlas": atlas.source}))
+        if grid is None:
+            map_entities = {"atlas": atlas_name, "desc": "haufe"}
+            map_meta = {"Description": "Haufe activation of the final model painted into the atlas regions (SD per "
+                                       f"unit score; positive = more grey matter towards {wording.positive})",
+                        "Atlas": atlas.source, "FeatureType": "regional"}
+        else:
+            map_entities = {"space": "MNI152", "res": base["res"], "desc": "voxelhaufe"}
+            map_meta = {"Description": "Haufe activation of the final voxel-wise model per grid voxel (SD per unit "
+                                       f"score; positive = more grey matter towards {wording.positive}); the SVM "
+                                       "weights are mapped back through the training PCA",
+                        "FeatureType": "voxel", "VoxelGrid": meta["VoxelGrid"]}
+        outputs.append(writer.write_nifti(weight_map, entities=map_entities, suffix="weights", datatype=DATATYPE,
+                                          sources=sources, parameters=parameters, metadata=map_meta))
     for fig, entities, suffix in figures:
         outputs.append(writer.write_figure(fig, entities=entities, suffix=suffix))
     outputs += write_bundle(bundle, writer.path(base, "model", ".skops", DATATYPE))

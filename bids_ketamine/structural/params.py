@@ -31,6 +31,18 @@ class StructuralParams(BaseModel):
     pca_variance: float | None = Field(None, gt=0, lt=1, description="Keep PCA components explaining this "
                                                                       "fraction of the training variance; none: "
                                                                       "no PCA.")
+    feature_type: Literal["regional", "voxel"] = Field(
+        "regional", description="Features of the classifier: regional GM volumes of the atlas (default), or "
+                                "voxel-wise modulated GM (the participant level's MNI maps, masked with the MNI152 "
+                                "GM template, averaged onto an isotropic voxel_size_mm grid, optionally smoothed; "
+                                "PCA inside the training folds).")
+    voxel_size_mm: float = Field(4.0, ge=1.0, le=12.0, description="Voxel-wise features: isotropic grid spacing "
+                                                                   "(mm) in MNI space.")
+    voxel_fwhm_mm: float = Field(0.0, ge=0.0, le=20.0, description="Voxel-wise features: Gaussian smoothing FWHM "
+                                                                   "(mm) before resampling; 0: none.")
+    voxel_pca_variance: float = Field(0.8, gt=0, lt=1, description="Voxel-wise features: PCA keeps components "
+                                                                   "explaining this fraction of the training "
+                                                                   "variance (fitted in every training fold).")
     harmonize: bool = Field(True, description="ComBat site harmonisation (fitted on training folds only).")
     covariates: tuple[Literal["age", "sex", "tiv"], ...] = Field(
         ("age", "sex", "tiv"), description="Effects ComBat keeps (never the outcome).")

@@ -81,7 +81,11 @@ def _mahalanobis(z: np.ndarray, location: np.ndarray, precision: np.ndarray) -> 
 
 def check_compatible(reference: dict, *, atlas: str, regions: list[str], feature_source: list[str],
                      path=None) -> None:
-    """Refuse features of another atlas, other regions or another feature source than the model's training."""
+    """Refuse features of another type (voxel vs regional), atlas, other regions or another feature source than
+    the model's training."""
+    from bids_ketamine.structural.voxel_features import check_feature_type
+
+    check_feature_type(reference.get("feature_type", "regional"), regions, path=path)
     if atlas != reference["atlas"] or list(regions) != list(reference["feature_names"]):
         missing = sorted(set(reference["feature_names"]) - set(regions))
         raise BadDataError(f"the regional tables use atlas {atlas!r} ({len(regions)} regions), the model was trained "

@@ -3,9 +3,9 @@
 ``t1w_consortium``: the 24 real T1w of ds002748 split into three sites (A, B, C; 8 each). Site A is a real
 git-annex dataset (how OpenNeuro data arrive through DataLad) cloned from an "origin" with all content, then one
 participant's T1w dropped: the participant level runs on it (exit 66, the others finish), the content is retrieved
-and the participant level resumes. Sites B and C are plain BIDS folders. Each site's participant level writes its
-own output folder and is exported; one more participant level runs over all 24 in one folder, followed by its
-group level: the reference the pooled group level must reproduce. The built-in pipeline runs at a coarse setting
+and the participant level resumes; its output folder is exported. Sites B and C are plain BIDS folders. One
+participant level runs over all 24 in one folder, followed by its group level: the reference the pooled group
+level must reproduce; sites B and C export their members from it. The built-in pipeline runs at a coarse setting
 (3 mm subject space, one SyN level) to keep the session short; the comparison does not depend on the setting.
 """
 
@@ -184,17 +184,20 @@ def t1w_consortium(shared_data, tmp_path_factory) -> Consortium:
     c.partial_inventory = (c.outputs["A"] / dropped_subject / f"{dropped_subject}_inventory.tsv").read_text()
     git(site_a, "annex", "get", "-q", c.dropped)
     c.runs["A"] = run_cli([site_a, c.outputs["A"], "participant", "--config-file", config, *nprocs])
-    for name in ("B", "C"):
-        c.runs[name] = run_cli([c.bids[name], c.outputs[name], "participant", "--config-file", config, *nprocs])
-    for name in names:
-        c.exports[name] = root / f"export_{name}"
-        c.runs[f"export-{name}"] = run_cli(["export", c.outputs[name], c.exports[name], "--site", name])
 
-    # the reference: one participant run over all 24, then its group level
+    # the reference: one participant run over all 24, then its group level. Sites B and C export their members
+    # from this run (``export --participant-label``) instead of running the built-in pipeline a second time on the
+    # same 16 images; site A's outputs come from its own runs above, so the pooled group level still joins
+    # participant levels that ran apart.
     all24 = write_bids(root / "all24", shared, subjects, site_of, copy=False)
     c.reference = root / "out_all24"
     c.runs["all24"] = run_cli([all24, c.reference, "participant", "--config-file", config, *nprocs])
     c.runs["all24-group"] = run_cli([all24, c.reference, "group", "--config-file", config])
+    c.outputs["B"] = c.outputs["C"] = c.reference
+    for name in names:
+        c.exports[name] = root / f"export_{name}"
+        members = [] if name == "A" else ["--participant-label", *sites[name]]
+        c.runs[f"export-{name}"] = run_cli(["export", c.outputs[name], c.exports[name], "--site", name, *members])
 
     # the coordinating site: participants.tsv (with the site column) and no image
     c.coordinator = write_bids(root / "coordinator", shared, subjects, site_of, copy=False, with_images=False)

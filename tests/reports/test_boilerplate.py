@@ -77,7 +77,7 @@ def test_names_exactly_the_analyses_that_ran(tmp_path):
     assert "Analyses run: connectivity. Attempted without any result (see the reports' errors): spectroscopy." \
         in text
     assert "## Heterogeneity of the functional response (connectivity)" in text
-    assert "Structural prediction" not in text and "functional MRS" not in text
+    assert "Structural outcome prediction" not in text and "functional MRS" not in text
     assert "### structural" not in text and "### spectroscopy" not in text
     # participant level only: no group-level paragraph (no PCA sentence), and no group-only reference
     assert "principal component analysis" not in text and "BrainSMASH" not in text
@@ -178,3 +178,14 @@ def test_a_later_run_that_computed_nothing_does_not_change_the_methods(tmp_path)
                {"group": {"connectivity": {"ok": True, "outputs": []}}})
     after = _text(out)
     assert "genes.tsv" not in after and "Random seed: 42." in after
+
+
+def test_methods_name_the_voxel_feature_type(tmp_path):
+    base = _text(_run_folder(tmp_path / "a", analyses=("structural",)))
+    assert "summarised as regional GM volumes" in base and "voxel-wise" not in base
+    params = copy.deepcopy(DEFAULT_PARAMETERS)
+    params["structural"].update(feature_type="voxel", voxel_size_mm=6.0, voxel_fwhm_mm=8.0, voxel_pca_variance=0.9)
+    voxel = _text(_run_folder(tmp_path / "b", analyses=("structural",), parameters=params))
+    assert "used as voxel-wise features: smoothed with a 8 mm FWHM" in voxel
+    assert "isotropic 6 mm MNI152 grid" in voxel and "summarised as regional GM volumes" not in voxel
+    assert "PCA fitted in the training folds (keeping 0.9 of the variance)" in voxel

@@ -233,3 +233,28 @@ def test_changed_or_foreign_bundle_is_refused_exit_65_nothing_written(trained, t
     assert code == 65
     assert len(err) == 1 and expected in err[0] and model.stem in err[0], err
     assert _snapshot(out) == before and not (tmp_path / "work").exists()
+
+
+def test_the_model_atlas_is_used_and_a_different_configured_atlas_refused(trained, tmp_path):
+    """Tables of two atlases in one folder: the model's ('toy') is read even though 'other' sorts first; a config
+    naming another atlas than the model's is refused with one line, nothing written."""
+    out, participants = _new_patients(trained, tmp_path)
+    rows = slice(N_DISC + N_EXT, N_DISC + N_EXT + 1)
+    _write_tables(out, trained["cohort"].features.iloc[rows, :5], trained["tiv"][rows], ["new01"], atlas="aaa")
+    table = _applied(_apply(out, participants, trained["bundle"], tmp_path / "work"))
+    assert table["participant_id"].tolist() == ["sub-new01"] and np.isfinite(table["probability"]).all()
+    before = _snapshot(out)
+    params = StructuralParams(model_file=trained["bundle"], anat={"atlas_name": "aaa"})
+    with pytest.raises(BadDataError) as info:
+        run_group(out, participants=participants, sessions=pd.DataFrame(), params=params, design=None,
+                  writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    assert info.value.exit_code == 65 and "\n" not in str(info.value)
+    assert "structural.anat.atlas_name = 'aaa' but the model was trained on atlas 'toy'" in str(info.value)
+    assert _snapshot(out) == before
+
+
+def test_scored_participants_are_labelled_applied_not_discovery(trained, tmp_path):
+    out, participants = _new_patients(trained, tmp_path)
+    assert participants["cohort"].eq("discovery").all()  # what the design calls them without a cohort column
+    table = _applied(_apply(out, participants, trained["bundle"], tmp_path / "work"))
+    assert table["cohort"].tolist() == ["applied"]
