@@ -46,7 +46,9 @@ def model_atlas(reference: dict, output_dir: Path, *, configured: str | None, mo
         raise BadDataError(f"structural.anat.atlas_name = {configured!r} but the model was trained on atlas "
                            f"{trained!r}", path=model_file,
                            fix=f"remove structural.anat.atlas_name or set it to {trained!r} to apply this model")
-    found = sorted(set(output_dir.glob("sub-*/anat/*_morph.tsv")) | set(output_dir.glob("sub-*/ses-*/anat/*_morph.tsv")))
+    from bids_ketamine.structural.participant import morph_tables
+
+    found = morph_tables(output_dir)
     if not found:
         raise MissingInputError("no participant-level structural tables (sub-*/anat/*_morph.tsv)", path=output_dir,
                                 fix="run the participant level first")
@@ -64,15 +66,14 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     from bids_ketamine.structural.group import PROBABILITY_COLUMNS, covariate_column, prediction_columns
     from bids_ketamine.structural.interpret import score_contributions
     from bids_ketamine.structural.model import model_frame
-    from bids_ketamine.structural.participant import load_regional_features
+    from bids_ketamine.structural.participant import load_regional_features, morph_tables
     from bids_ketamine.structural.predict import check_compatible, score_participants
 
     bundle = load_bundle(params.model_file)
     ref = bundle.reference
     atlas = model_atlas(ref, output_dir, configured=params.anat.atlas_name, model_file=params.model_file)
     features, info = load_regional_features(output_dir, atlas)
-    paths = sorted(output_dir.glob(f"sub-*/anat/*_atlas-{atlas}_morph.tsv")) \
-        + sorted(output_dir.glob(f"sub-*/ses-*/anat/*_atlas-{atlas}_morph.tsv"))
+    paths = morph_tables(output_dir, atlas)
     if params.feature_type == "voxel":
         from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
 

@@ -314,6 +314,13 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = Non
 
 
 # ---------------------------------------------------------------------------------------------------- group input
+def morph_tables(output_dir: Path, atlas_name: str | None = None) -> list[Path]:
+    """The participant-level morph tables of ``output_dir`` (sessionless and per session), of one atlas or all,
+    sorted; the one place that knows where they live."""
+    pattern = f"*_atlas-{atlas_name}_morph.tsv" if atlas_name else "*_morph.tsv"
+    return sorted(set(output_dir.glob(f"sub-*/anat/{pattern}")) | set(output_dir.glob(f"sub-*/ses-*/anat/{pattern}")))
+
+
 def load_regional_features(output_dir: str | Path, atlas_name: str | None = None) -> tuple[pd.DataFrame,
                                                                                              pd.DataFrame]:
     """Participant-level morph tables of ``output_dir`` as (features, info).
@@ -325,8 +332,7 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
     import json
 
     output_dir = Path(output_dir)
-    pattern = f"*_atlas-{atlas_name}_morph.tsv" if atlas_name else "*_morph.tsv"
-    paths = sorted(set(output_dir.glob(f"sub-*/anat/{pattern}")) | set(output_dir.glob(f"sub-*/ses-*/anat/{pattern}")))
+    paths = morph_tables(output_dir, atlas_name)
     if not paths:
         raise MissingInputError("no participant-level structural tables (sub-*/anat/*_morph.tsv)", path=output_dir,
                                 fix="run the participant level with the structural analysis first")
