@@ -26,7 +26,8 @@ APPLIED_COLUMNS = {
     "ood_features": "True: feature_distance above every training subject's (out of distribution).",
     "ood_age": "True: age outside the training range.",
     "ood_tiv": "True: total intracranial volume outside the training range.",
-    "unseen_site": "True: the site was not in the training data.",
+    "site_unknown": "True: participants.tsv has no site column; never matched to a training site, not harmonised.",
+    "unseen_site": "True: the site was not in the training data (or is unknown).",
     "harmonisation": "How the participant's site was harmonised.",
     "flags": "Readable list of the flags set (empty: none).",
 }
@@ -67,7 +68,7 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     from bids_ketamine.structural.interpret import score_contributions
     from bids_ketamine.structural.model import model_frame
     from bids_ketamine.structural.participant import load_regional_features, morph_tables
-    from bids_ketamine.structural.predict import check_compatible, score_participants
+    from bids_ketamine.structural.predict import check_compatible, score_participants, scoring_sites
 
     bundle = load_bundle(params.model_file)
     ref = bundle.reference
@@ -94,7 +95,7 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     names = [c.removeprefix("__cov_").removesuffix("__") for c in ref["covariates"]]
     covariates = pd.DataFrame({n: covariate_column(table, n) for n in names}, index=table.index)
     scored = score_participants(bundle, features, table, covariates, ci=params.ci_level)
-    frame = model_frame(features.reset_index(drop=True), table["site"].fillna("n/a").to_numpy(),
+    frame = model_frame(features.reset_index(drop=True), scoring_sites(table),
                         covariates.reset_index(drop=True) if names else None)
     frame.index = features.index
     import warnings
@@ -128,6 +129,8 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
             "training_cohort": card["training_cohort"], "metrics": card["metrics"],
             "limitations": card["limitations"],
         }
+        if row["flags"]:  # read into the reports' warnings sections (participant and group)
+            summary["Warnings"] = [f"model prediction flagged: {row['flags']}"]
         figure_args = dict(score=float(row["score"]), probability=float(row["probability"]),
                              interval=(float(row["probability_low"]), float(row["probability_high"])),
                              slope=cal["slope"], intercept=cal["intercept"], boot_slopes=np.asarray(cal["boot_slopes"]),

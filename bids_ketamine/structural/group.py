@@ -379,7 +379,9 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     outputs = [
         writer.write_table(results.predictions, entities=base, suffix="predictions", datatype=DATATYPE,
                            columns=prediction_columns(wording), sources=sources, parameters=parameters,
-                           metadata=meta, float_format="%.12g",
+                           # the notes (folds lowered, subjects left out, unseen sites...) also as warnings, on this
+                           # one table only, so that the report's warnings section lists each of them once
+                           metadata={**meta, "Warnings": list(results.notes)}, float_format="%.12g",
                            description="Per-subject decision scores and calibrated probabilities of the structural "
                                        "classifier"),
         writer.write_table(results.metrics, entities=base, suffix="metrics", datatype=DATATYPE,

@@ -258,3 +258,49 @@ def test_scored_participants_are_labelled_applied_not_discovery(trained, tmp_pat
     assert participants["cohort"].eq("discovery").all()  # what the design calls them without a cohort column
     table = _applied(_apply(out, participants, trained["bundle"], tmp_path / "work"))
     assert table["cohort"].tolist() == ["applied"]
+
+
+def test_a_dataset_without_site_column_is_flagged_site_unknown_never_a_training_site(trained, tmp_path,
+                                                                                      capsys):
+    """participants.tsv without a site column: the design's default site is the name of a training site
+    ("site1"), yet the patient is flagged site unknown and scored un-harmonised, exactly as a patient from a site
+    the model has not seen (and not as one of site1); the flag is a column, a warning line and a report warning."""
+    assert "site1" in json.loads(trained["bundle"].with_suffix(".json").read_text())["training_cohort"]["sites"]
+    out, participants = _new_patients(trained, tmp_path)
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "no site", "BIDSVersion": "1.9.0"}))
+    participants[["participant_id", "sex", "age"]].assign(participant_id="sub-new01").to_csv(
+        bids / "participants.tsv", sep="\t", index=False)
+    code = main([str(bids), str(out), "group", "--model", str(trained["bundle"]), "--skip-bids-validation",
+                 "--nprocs", "1", "-w", str(tmp_path / "work")])
+    assert code == 0
+    captured = capsys.readouterr()
+    messages = (captured.out + captured.err).splitlines()
+    row = pd.read_csv(next((out / "group" / "structural").glob("*desc-applied_predictions.tsv")), sep="\t",
+                      keep_default_na=False, na_values=["n/a"]).iloc[0]
+    assert row["site_unknown"] and row["unseen_site"] and row["harmonisation"] == "site unknown: not harmonised"
+    assert row["flags"].startswith("site unknown (participants.tsv has no site column)")
+    # the same features as a known training site and as an unseen site, scored through the library path
+    reference = {}
+    for site in ("site1", "siteZ"):
+        table = _applied(_apply(tmp_path / "out", participants.assign(site=site), trained["bundle"],
+                                tmp_path / f"w{site}")).set_index("participant_id")
+        reference[site] = table.loc["sub-new01", "score"]
+    assert row["score"] == pytest.approx(reference["siteZ"], abs=1e-12)
+    assert abs(row["score"] - reference["site1"]) > 1e-6
+    lines = [m for m in messages if "site unknown" in m]
+    assert len(lines) == 1 and "sub-new01" in lines[0] and "\n" not in lines[0]
+    page = (out / "sub-new01.html").read_text()
+    errors = page[page.index('id="errors"'):]
+    assert "model prediction flagged: site unknown" in errors
+
+
+def test_participants_table_records_whether_the_site_is_known(tmp_path):
+    from bids_ketamine.design import StudyDesign, participants_table
+
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\nsub-02\t40\n")
+    table = participants_table(tmp_path, StudyDesign())
+    assert table["site"].tolist() == ["site1", "site1"] and not table["site_known"].any()
+    (tmp_path / "participants.tsv").write_text("participant_id\tsite\tage\nsub-01\tA\t30\nsub-02\tB\t40\n")
+    assert participants_table(tmp_path, StudyDesign())["site_known"].all()
