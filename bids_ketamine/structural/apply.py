@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.errors import MissingInputError
+from bids_ketamine.errors import BadDataError, MissingInputError
 
 LOG = logging.getLogger("bids_ketamine")
 DATATYPE = "structural"
@@ -67,7 +67,7 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     from bids_ketamine.structural.group import PROBABILITY_COLUMNS, covariate_column, prediction_columns
     from bids_ketamine.structural.interpret import score_contributions
     from bids_ketamine.structural.model import model_frame
-    from bids_ketamine.structural.participant import load_regional_features, morph_tables
+    from bids_ketamine.structural.participant import load_regional_features, morph_tables, one_template_space
     from bids_ketamine.structural.predict import check_compatible, score_participants, scoring_sites
 
     bundle = load_bundle(params.model_file)
@@ -86,6 +86,12 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
                                        sessions=info["session"].dropna().to_dict())
     check_compatible(ref, atlas=atlas, regions=list(features.columns),
                      feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
+    space = one_template_space(info["template_space"], paths[0])
+    trained_space = ref.get("template_space")
+    if trained_space and space and space != trained_space:
+        raise BadDataError(f"the grey-matter maps are in template space {space}, the model was trained on maps in "
+                           f"{trained_space}", path=paths[0],
+                           fix="extract the features with the model's source (see the model card)")
     table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
     if table.empty:
         raise MissingInputError("no participant with grey-matter features is in participants.tsv",

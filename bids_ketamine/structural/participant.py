@@ -413,8 +413,10 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
                                fix="re-run the participant level of every participant with the same atlas")
         rows[subject] = table["gm_volume_mm3"].to_numpy(dtype=float)
         sidecar = path.with_suffix(".json")
-        source = json.loads(sidecar.read_text()).get("FeatureSource") if sidecar.exists() else None
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        source = meta.get("FeatureSource")
         info[subject] = {"tiv_mm3": float(table["tiv_mm3"].iloc[0]), "feature_source": source,
+                         "template_space": meta.get("TemplateSpace"),
                          "session": session_match.group(1) if session_match else None}
     if len(atlases) > 1:
         raise BadDataError(f"participant tables use several atlases {sorted(atlases)}", path=output_dir,
@@ -424,3 +426,19 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
     info_df = pd.DataFrame.from_dict(info, orient="index")
     info_df.index.name = "participant_id"
     return features, info_df
+
+
+def one_template_space(spaces, path: Path) -> str | None:
+    """The one template space of the participants' GM maps (None when no sidecar names one).
+
+    Why refuse a mix: one atlas grid is laid on every map, so maps in different templates (fMRIPrep's
+    MNI152NLin2009cAsym, the built-in MNI152NLin2009aSym, CAT12's IXI549Space) would give regional volumes that are
+    not comparable between participants, and a model trained on them would learn the source, not the outcome.
+    """
+    counts = pd.Series([s for s in spaces if isinstance(s, str) and s]).value_counts()
+    if len(counts) > 1:
+        listed = ", ".join(f"{space} ({n})" for space, n in counts.sort_index().items())
+        raise BadDataError(f"participants' grey-matter maps are in different template spaces: {listed}; one atlas "
+                           "grid cannot give comparable regional volumes for both", path=path,
+                           fix="extract every participant's features with one source (structural.anat.sources)")
+    return str(counts.index[0]) if len(counts) else None

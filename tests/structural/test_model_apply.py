@@ -304,3 +304,31 @@ def test_participants_table_records_whether_the_site_is_known(tmp_path):
     assert table["site"].tolist() == ["site1", "site1"] and not table["site_known"].any()
     (tmp_path / "participants.tsv").write_text("participant_id\tsite\tage\nsub-01\tA\t30\nsub-02\tB\t40\n")
     assert participants_table(tmp_path, StudyDesign())["site_known"].all()
+
+
+def test_training_on_maps_of_two_template_spaces_is_refused_in_one_line(trained, tmp_path):
+    """fMRIPrep's maps (MNI152NLin2009cAsym) and the built-in pipeline's (MNI152NLin2009aSym) under one atlas grid
+    are not comparable: the group level refuses the mix, naming both spaces, and writes nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out, ignore=shutil.ignore_patterns("group"))
+    for k, sidecar in enumerate(sorted(out.glob("sub-*/anat/*_morph.json"))):
+        space = "MNI152NLin2009cAsym" if k % 2 else "MNI152NLin2009aSym"
+        sidecar.write_text(json.dumps({"FeatureSource": "fmriprep" if k % 2 else "builtin", "TemplateSpace": space}))
+    before = _snapshot(out)
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, anat={"atlas_name": "toy"})
+    with pytest.raises(BadDataError) as info:
+        run_group(out, participants=trained["participants"], sessions=pd.DataFrame(), params=params, design=None,
+                  writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    message = str(info.value)
+    assert info.value.exit_code == 65 and "\n" not in message
+    assert "MNI152NLin2009aSym (36)" in message and "MNI152NLin2009cAsym (36)" in message
+    assert _snapshot(out) == before
+
+
+def test_one_template_space_is_found_or_a_mix_refused(tmp_path):
+    from bids_ketamine.structural.participant import one_template_space
+
+    assert one_template_space(["MNI152NLin2009aSym", None, "MNI152NLin2009aSym"], tmp_path) == "MNI152NLin2009aSym"
+    assert one_template_space([None, None], tmp_path) is None
+    with pytest.raises(BadDataError, match="IXI549Space \\(1\\), MNI152NLin2009aSym \\(1\\)"):
+        one_template_space(["MNI152NLin2009aSym", "IXI549Space"], tmp_path)
