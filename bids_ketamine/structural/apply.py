@@ -37,6 +37,17 @@ APPLIED_COLUMNS = {
 APPLIED_COHORT = "applied"
 
 
+def model_feature_type(reference: dict, params) -> str:
+    """The feature type to read (voxel or regional): the model's own, never the config's default. A
+    ``structural.feature_type`` the config sets explicitly and that differs is refused with one line, as the atlas."""
+    trained = reference.get("feature_type", "regional")
+    if "feature_type" in params.model_fields_set and params.feature_type != trained:
+        raise BadDataError(f"structural.feature_type = {params.feature_type!r} but the model was trained on "
+                           f"{trained} features", path=params.model_file,
+                           fix=f"remove structural.feature_type or set it to {trained!r} to apply this model")
+    return trained
+
+
 def model_atlas(reference: dict, output_dir: Path, *, configured: str | None, model_file=None) -> str:
     """The atlas to read: the model's own (never the config's). A configured ``structural.anat.atlas_name`` that
     differs, or participant tables without the model's atlas, are refused with one line."""
@@ -72,10 +83,11 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
 
     bundle = load_bundle(params.model_file)
     ref = bundle.reference
+    model_feature_type(ref, params)  # refuse a configured feature type that is not the model's, before reading
     atlas = model_atlas(ref, output_dir, configured=params.anat.atlas_name, model_file=params.model_file)
     features, info = load_regional_features(output_dir, atlas)
     paths = morph_tables(output_dir, atlas)
-    if params.feature_type == "voxel":
+    if model_feature_type(ref, params) == "voxel":
         from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
 
         vgrid = ref.get("voxel_grid")
