@@ -332,3 +332,26 @@ def test_one_template_space_is_found_or_a_mix_refused(tmp_path):
     assert one_template_space([None, None], tmp_path) is None
     with pytest.raises(BadDataError, match="IXI549Space \\(1\\), MNI152NLin2009aSym \\(1\\)"):
         one_template_space(["MNI152NLin2009aSym", "IXI549Space"], tmp_path)
+
+
+def test_a_model_records_its_template_space_and_refuses_maps_of_another(trained, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(trained["out"], out, ignore=shutil.ignore_patterns("group"))
+    for sidecar in out.glob("sub-*/anat/*_morph.json"):
+        sidecar.write_text(json.dumps({"FeatureSource": SOURCE, "TemplateSpace": "MNI152NLin2009aSym"}))
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, calibration_bootstrap=20,
+                              anat={"atlas_name": "toy"})
+    outputs = run_group(out, participants=trained["participants"], sessions=pd.DataFrame(), params=params,
+                        design=None, writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
+    assert json.loads(bundle.with_suffix(".json").read_text())["features"]["template_space"] == "MNI152NLin2009aSym"
+    new, participants = _new_patients(trained, tmp_path)
+    for sidecar in new.glob("sub-*/anat/*_morph.json"):
+        sidecar.write_text(json.dumps({"FeatureSource": SOURCE, "TemplateSpace": "MNI152NLin2009cAsym"}))
+    before = _snapshot(new)
+    with pytest.raises(BadDataError) as info:
+        _apply(new, participants, bundle, tmp_path / "work2")
+    assert info.value.exit_code == 65 and "\n" not in str(info.value)
+    assert ("template space MNI152NLin2009cAsym, the model was trained on maps in MNI152NLin2009aSym"
+            in str(info.value))
+    assert _snapshot(new) == before
