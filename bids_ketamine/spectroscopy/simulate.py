@@ -33,11 +33,28 @@ from bids_ketamine.spectroscopy.basis import WATER_PPM, BasisSet
 
 Sequence = Literal["PRESS", "STEAM", "sLASER"]
 #: Version of the simulation code; part of the cache key so a change never serves stale spectra.
-SIMULATION_VERSION = "2"
+SIMULATION_VERSION = "3"
 GAMMA_1H_MHZ_PER_T = 42.577478
 #: The default metabolite set (about 20, those of the usual brain basis sets).
 DEFAULT_METABOLITES = ("NAA", "NAAG", "Cr", "PCr", "GPC", "PCh", "mI", "sI", "Glu", "Gln", "GABA", "GSH", "Lac",
                        "Asp", "Tau", "Ala", "Glc", "PE", "Gly", "Asc")
+#: PRESS first echo time (s) when neither the config nor the sidecar gives one: real PRESS sequences are
+#: asymmetric with a short first echo (ISMRM 2016 challenge: TE1/TE2 = 11/19 ms; spant's default, with which
+#: LCModel's ``3t.basis`` of lcmodel_test_lcm was made, 10/20 ms), and at TE 30 ms the split changes the
+#: Glu/Gln/mI multiplets. NIfTI-MRS defines no sidecar key for it.
+DEFAULT_PRESS_TE1 = 0.011
+
+
+def press_first_echo_time(echo_time: float, te1: float | None = None) -> float:
+    """The PRESS first echo time TE1 (s) a simulation uses: ``te1`` when given, else min(11 ms, TE/2).
+
+    The one place this is decided: the CLI's basis (``spectroscopy.basis.press_te1``), the synthetic study and
+    the benchmarks all simulate through :func:`simulate_basis`, which calls this."""
+    if te1 is None:
+        return min(DEFAULT_PRESS_TE1, echo_time / 2)
+    if not 0 < te1 < echo_time:
+        raise ValueError(f"PRESS first echo time {te1} s must lie between 0 and the echo time {echo_time} s")
+    return float(te1)
 
 
 @lru_cache(maxsize=1)
@@ -260,9 +277,8 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
     """Simulated brain basis set for one acquisition, cached on disk after the first call.
 
     Give ``spectrometer_frequency`` (MHz) or ``field_strength`` (T). ``echo_time`` and ``mixing_time`` in seconds.
-    ``te1`` (s): PRESS first echo time; None = TE/2 (symmetric). Real PRESS sequences are asymmetric (ISMRM 2016
-    challenge: TE1/TE2 = 11/19 ms; spant's default 10/20 ms, with which LCModel's ``3t.basis`` of
-    lcmodel_test_lcm was made), and the split changes the Glu/Gln/mI multiplets at TE 30 ms.
+    ``te1`` (s): PRESS first echo time; None = :func:`press_first_echo_time`'s default, min(11 ms, TE/2)
+    (real PRESS sequences are asymmetric). Ignored for STEAM and sLASER.
     """
     if spectrometer_frequency is None:
         if field_strength is None:
@@ -270,11 +286,12 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         spectrometer_frequency = field_strength * GAMMA_1H_MHZ_PER_T
     if sequence.upper() == "STEAM" and mixing_time is None:
         mixing_time = 0.0
+    te1 = press_first_echo_time(echo_time, te1) if sequence.upper() == "PRESS" else None
     table = load_spin_systems()
     key_src = json.dumps({"v": SIMULATION_VERSION, "table": table, "sf": round(spectrometer_frequency, 6),
                           "te": echo_time, "tm": mixing_time, "seq": sequence.upper(), "dt": dwell_time,
                           "n": n_points, "m": list(metabolites), "mm": macromolecules, "lw": linewidth_hz,
-                          **({} if te1 is None else {"te1": te1})},
+                          "te1": te1},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     path = None
@@ -287,7 +304,7 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         try:
             with np.load(path, allow_pickle=False) as z:
                 return BasisSet(tuple(str(n) for n in z["names"]), z["fids"], dwell_time, spectrometer_frequency,
-                                metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, True))
+                                metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, True, te1))
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed
     names, fids = [], []
@@ -311,11 +328,11 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         except OSError:
             Path(tmp).unlink(missing_ok=True)
     return BasisSet(tuple(names), arr, dwell_time, spectrometer_frequency,
-                    metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, False))
+                    metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, False, te1))
 
 
-def _metadata(sequence, echo_time, mixing_time, linewidth_hz, cached) -> dict:
+def _metadata(sequence, echo_time, mixing_time, linewidth_hz, cached, te1) -> dict:
     return {"Source": "simulated (bids_ketamine density-matrix simulation, ideal pulses)",
-            "Sequence": sequence, "EchoTime": echo_time, "MixingTime": mixing_time,
+            "Sequence": sequence, "EchoTime": echo_time, "MixingTime": mixing_time, "PressTE1": te1,
             "LinewidthHz": linewidth_hz, "SpinSystems": "Govindaraju et al. 2000; Govind et al. 2015",
             "FromCache": cached}

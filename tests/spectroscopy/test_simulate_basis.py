@@ -125,6 +125,22 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
         a, c = to_spectrum(basis.fid(name) * lb)[win], to_spectrum(lcm.fid(name))[win]
         return abs(np.vdot(a, c)) / (np.linalg.norm(a) * np.linalg.norm(c))
 
-    symmetric, asymmetric = simulate_basis(**kw), simulate_basis(**kw, te1=0.010)
+    symmetric, asymmetric = simulate_basis(**kw, te1=0.015), simulate_basis(**kw, te1=0.010)
     for name in ("Glu", "Gln"):
         assert corr(asymmetric, name) > 0.99 > corr(symmetric, name) + 0.02, name
+    # the default split (min(11 ms, TE/2)) is the asymmetric one of real PRESS sequences, not TE/2
+    default = simulate_basis(**{k: v for k, v in kw.items()})
+    assert default.metadata["PressTE1"] == pytest.approx(0.011)
+    for name in ("Glu", "Gln"):
+        assert corr(default, name) > corr(symmetric, name) + 0.02, name
+
+
+def test_press_first_echo_time_is_decided_in_one_place():
+    from bids_ketamine.spectroscopy.simulate import press_first_echo_time
+
+    assert press_first_echo_time(0.030) == pytest.approx(0.011)
+    assert press_first_echo_time(0.020) == pytest.approx(0.010)  # never longer than TE/2
+    assert press_first_echo_time(0.144) == pytest.approx(0.011)
+    assert press_first_echo_time(0.030, 0.012) == pytest.approx(0.012)
+    with pytest.raises(ValueError, match="first echo time"):
+        press_first_echo_time(0.030, 0.030)
