@@ -116,7 +116,8 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
 
     lcm = calibrate_basis(read_lcmodel_basis(shared_data / "lcmodel_test_lcm" / "code" / "basis" / "3t.basis"))
     kw = dict(spectrometer_frequency=lcm.central_frequency, echo_time=0.030, dwell_time=lcm.dwell_time,
-              n_points=lcm.n_points, metabolites=("Glu", "Gln"), macromolecules=False, use_cache=False)
+              n_points=lcm.n_points, metabolites=("Glu", "Gln"), macromolecules=False, use_cache=False,
+              intrinsic_linewidths=False)
     t, ppm = lcm.time_axis(), lcm.ppm_axis()
     win = (ppm > 0.2) & (ppm < 4.0)
     lb = np.exp(-np.pi * 2.0 * t)  # spant's 2 Hz line width
@@ -133,6 +134,20 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
     assert default.metadata["PressTE1"] == pytest.approx(0.011)
     for name in ("Glu", "Gln"):
         assert corr(default, name) > corr(symmetric, name) + 0.02, name
+
+
+def test_intrinsic_linewidth_is_one_over_pi_t2(press30):
+    """Each metabolite decays with its T2 from quantify's relaxation table: the NAA singlet's FWHM is 1/(pi T2)
+    and its area (amplitude at t = 0) stays its proton count."""
+    from bids_ketamine.spectroscopy.quantify import RELAXATION_3T
+
+    t2 = RELAXATION_3T.metabolite("NAA")[1]
+    fid = press30.fid("NAA")
+    t = press30.time_axis()
+    assert press30.metadata["IntrinsicLinewidthHz"]["NAA"] == pytest.approx(1 / (np.pi * t2), rel=1e-3)
+    plain = simulate_basis(spectrometer_frequency=SF, echo_time=0.030, sequence="PRESS", dwell_time=2.5e-4,
+                           n_points=4096, metabolites=("NAA",), macromolecules=False, intrinsic_linewidths=False)
+    assert np.allclose(fid, plain.fid("NAA") * np.exp(-t / t2), atol=1e-9)
 
 
 def test_press_first_echo_time_is_decided_in_one_place():
