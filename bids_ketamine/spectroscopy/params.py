@@ -45,7 +45,6 @@ class BasisParams(BaseModel):
         None, gt=0, description="PRESS first echo time TE1 (s) of the simulation; None = min(11 ms, TE/2), as real "
         "PRESS sequences are asymmetric (NIfTI-MRS has no sidecar key for it; set it when the protocol states it). "
         "Recorded in the sidecar (Basis.PressTE1) and the methods.")
-    macromolecules: bool = Field(True, description="Add the Gaussian macromolecule components to a simulated basis.")
 
 
 class SpectroscopyParams(BaseModel):

@@ -101,7 +101,7 @@ def load_basis(params: SpectroscopyParams, data: MrsData):
     tm = bp.mixing_time if bp.mixing_time is not None else data.metadata.get("MixingTime")
     return simulate_basis(spectrometer_frequency=data.spectrometer_frequency, echo_time=data.echo_time,
                           sequence=sequence, mixing_time=None if tm is None else float(tm),
-                          dwell_time=data.dwell_time, n_points=data.n_points, macromolecules=bp.macromolecules,
+                          dwell_time=data.dwell_time, n_points=data.n_points,
                           te1=bp.press_te1 if sequence == "PRESS" else None)
 
 

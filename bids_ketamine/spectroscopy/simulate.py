@@ -228,25 +228,6 @@ def simulate_metabolite(name: str, *, spectrometer_frequency: float, dwell_time:
     return fid
 
 
-def macromolecule_fids(*, spectrometer_frequency: float, dwell_time: float, n_points: int,
-                       names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Broad Gaussian macromolecule components (amplitude = protons at t = 0), positions from the package data."""
-    comps = load_spin_systems()["macromolecules"]["components"]
-    time = np.arange(n_points) * dwell_time
-    out = {}
-    for name, parts in comps.items():
-        if names is not None and name not in names:
-            continue
-        fid = np.zeros(n_points, complex)
-        for ppm, fwhm_ppm, amp in parts:
-            fwhm_hz = fwhm_ppm * spectrometer_frequency
-            # Gaussian line of FWHM w: exp(-(pi w t)^2 / (4 ln 2))
-            decay = np.exp(-((np.pi * fwhm_hz * time) ** 2) / (4 * np.log(2)))
-            fid += amp * decay * np.exp(2j * np.pi * (ppm - WATER_PPM) * spectrometer_frequency * time)
-        out[name] = fid
-    return out
-
-
 def intrinsic_linewidths_hz(metabolites: tuple[str, ...], spectrometer_frequency: float) -> dict[str, float]:
     """Homogeneous line width (Lorentzian FWHM, Hz) of each metabolite, 1/(pi T2).
 
@@ -284,7 +265,7 @@ def cache_dir() -> Path:
 def simulate_basis(*, field_strength: float | None = None, spectrometer_frequency: float | None = None,
                    echo_time: float = 0.030, sequence: str = "PRESS", mixing_time: float | None = None,
                    dwell_time: float = 2.5e-4, n_points: int = 2048,
-                   metabolites: tuple[str, ...] = DEFAULT_METABOLITES, macromolecules: bool = True,
+                   metabolites: tuple[str, ...] = DEFAULT_METABOLITES,
                    linewidth_hz: float = 0.0, use_cache: bool = True, te1: float | None = None,
                    intrinsic_linewidths: bool = True) -> BasisSet:
     """Simulated brain basis set for one acquisition, cached on disk after the first call.
@@ -296,6 +277,11 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
     of FWHM 1/(pi T2) (:func:`intrinsic_linewidths_hz`), so NAA is narrower than creatine as in a brain
     spectrum; the amplitude at t = 0 (one proton = 1) is unchanged. Without it every line is a delta and the
     fit's one shared broadening makes NAA as broad as creatine (tNAA/tCr +15-19 % on lcmodel_test_lcm).
+
+    The basis has metabolites only: macromolecules and lipids are the fit's model
+    (:mod:`bids_ketamine.spectroscopy.macromolecules`, LCModel's components with its soft constraints), the one
+    MM model of the app. (Until simulation version 3 this basis carried its own MM09-MM38 Gaussians; MM23 and
+    MM38 had no constraint and took Glu/Gln signal: Glx/tCr -21 % on lcmodel_test_lcm.)
     """
     if spectrometer_frequency is None:
         if field_strength is None:
@@ -308,7 +294,7 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
     widths = intrinsic_linewidths_hz(metabolites, spectrometer_frequency) if intrinsic_linewidths else {}
     key_src = json.dumps({"v": SIMULATION_VERSION, "table": table, "sf": round(spectrometer_frequency, 6),
                           "te": echo_time, "tm": mixing_time, "seq": sequence.upper(), "dt": dwell_time,
-                          "n": n_points, "m": list(metabolites), "mm": macromolecules, "lw": linewidth_hz,
+                          "n": n_points, "m": list(metabolites), "lw": linewidth_hz,
                           "te1": te1, "t2lw": widths},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
@@ -332,11 +318,6 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
                                         n_points=n_points, sequence=sequence, echo_time=echo_time,
                                         mixing_time=mixing_time, linewidth_hz=linewidth_hz + widths.get(name, 0.0),
                                         te1=te1))
-    if macromolecules:
-        for name, fid in macromolecule_fids(spectrometer_frequency=spectrometer_frequency, dwell_time=dwell_time,
-                                            n_points=n_points).items():
-            names.append(name)
-            fids.append(fid)
     arr = np.asarray(fids)
     if path is not None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")

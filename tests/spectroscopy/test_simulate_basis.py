@@ -26,10 +26,11 @@ def _peaks(basis, name, lo, hi, broadening=1.0):
     return ppm[sel][np.argmax(spec[sel])]
 
 
-def test_default_basis_has_about_twenty_metabolites_and_macromolecules(press30):
-    assert len(DEFAULT_METABOLITES) >= 19
-    assert set(DEFAULT_METABOLITES) <= set(press30.names)
-    assert len(press30.macromolecule_names()) >= 4
+def test_default_basis_has_the_metabolites_and_no_macromolecules(press30):
+    """Macromolecules and lipids are the fit's model (one MM model, with LCModel's soft constraints)."""
+    assert len(DEFAULT_METABOLITES) >= 17
+    assert set(DEFAULT_METABOLITES) == set(press30.names)
+    assert press30.macromolecule_names() == ()
 
 
 def test_singlets_at_published_shifts(press30):
@@ -116,7 +117,7 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
 
     lcm = calibrate_basis(read_lcmodel_basis(shared_data / "lcmodel_test_lcm" / "code" / "basis" / "3t.basis"))
     kw = dict(spectrometer_frequency=lcm.central_frequency, echo_time=0.030, dwell_time=lcm.dwell_time,
-              n_points=lcm.n_points, metabolites=("Glu", "Gln"), macromolecules=False, use_cache=False,
+              n_points=lcm.n_points, metabolites=("Glu", "Gln"), use_cache=False,
               intrinsic_linewidths=False)
     t, ppm = lcm.time_axis(), lcm.ppm_axis()
     win = (ppm > 0.2) & (ppm < 4.0)
@@ -146,7 +147,7 @@ def test_intrinsic_linewidth_is_one_over_pi_t2(press30):
     t = press30.time_axis()
     assert press30.metadata["IntrinsicLinewidthHz"]["NAA"] == pytest.approx(1 / (np.pi * t2), rel=1e-3)
     plain = simulate_basis(spectrometer_frequency=SF, echo_time=0.030, sequence="PRESS", dwell_time=2.5e-4,
-                           n_points=4096, metabolites=("NAA",), macromolecules=False, intrinsic_linewidths=False)
+                           n_points=4096, metabolites=("NAA",), intrinsic_linewidths=False)
     assert np.allclose(fid, plain.fid("NAA") * np.exp(-t / t2), atol=1e-9)
 
 
