@@ -35,9 +35,16 @@ Sequence = Literal["PRESS", "STEAM", "sLASER"]
 #: Version of the simulation code; part of the cache key so a change never serves stale spectra.
 SIMULATION_VERSION = "3"
 GAMMA_1H_MHZ_PER_T = 42.577478
-#: The default metabolite set (about 20, those of the usual brain basis sets).
+#: The default metabolite set: the 17 of LCModel's recommended brain basis sets (Ala, Asp, Cr, PCr, GABA, Glc,
+#: Gln, Glu, GPC, PCh, GSH, Ins, Lac, NAA, NAAG, Scyllo, Tau; Provencher's basis-set README), so the default fit
+#: has the components LCModel's default fit has.
 DEFAULT_METABOLITES = ("NAA", "NAAG", "Cr", "PCr", "GPC", "PCh", "mI", "sI", "Glu", "Gln", "GABA", "GSH", "Lac",
-                       "Asp", "Tau", "Ala", "Glc", "PE", "Gly", "Asc")
+                       "Asp", "Tau", "Ala", "Glc")
+#: Further metabolites with spin systems in the package, simulated on request (``spectroscopy.basis.metabolites``).
+#: Not in the default: LCModel ships them only in its "all" basis sets, to be omitted unless expected in the
+#: spectrum, and LCModel has no soft constraint for them; with them in the fit, PE (0.63 x tCr), Gly and Asc took
+#: choline and myo-inositol signal on lcmodel_test_lcm (tCho -20 %, mI -20 % of LCModel's).
+OPTIONAL_METABOLITES = ("PE", "Gly", "Asc")
 #: PRESS first echo time (s) when neither the config nor the sidecar gives one: real PRESS sequences are
 #: asymmetric with a short first echo (ISMRM 2016 challenge: TE1/TE2 = 11/19 ms; spant's default, with which
 #: LCModel's ``3t.basis`` of lcmodel_test_lcm was made, 10/20 ms), and at TE 30 ms the split changes the

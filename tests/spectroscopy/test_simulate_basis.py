@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bids_ketamine.spectroscopy.basis import to_spectrum
-from bids_ketamine.spectroscopy.simulate import (DEFAULT_METABOLITES, SpinSystem, cache_dir, sequence_events,
+from bids_ketamine.spectroscopy.simulate import (DEFAULT_METABOLITES, OPTIONAL_METABOLITES, SpinSystem, cache_dir, sequence_events,
                                                  simulate_basis, simulate_lines)
 
 SF = 123.2
@@ -74,7 +74,7 @@ def test_agrees_with_ismrm_challenge_basis(shared_data):
     challenge = read_fid_folder(shared_data / "ismrm2016_mrs" / "code" / "basis", dwell_time=2.5e-4,
                                 central_frequency=SF)
     ours = simulate_basis(spectrometer_frequency=SF, echo_time=0.030, sequence="PRESS", dwell_time=2.5e-4,
-                          n_points=challenge.n_points)
+                          n_points=challenge.n_points, metabolites=DEFAULT_METABOLITES + OPTIONAL_METABOLITES)
     t = ours.time_axis()
     ppm = ours.ppm_axis()
     win = (ppm > 0.2) & (ppm < 4.2)
