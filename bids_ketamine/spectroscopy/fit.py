@@ -664,8 +664,10 @@ def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, ph
         if cache.get("key") != key:
             full[nonlin] = z
             full[model.sl_c] = 0.0
-            full[model.sl_c] = _conditional_amplitudes(model, full)
-            cache.update(key=key, x=full.copy(), r=model.residual_vector(full))
+            full[model.sl_c], r = _conditional_amplitudes(model, full)
+            if model.own_shift.size:
+                r = np.concatenate([r, model._prior_residuals(full)[-1]])
+            cache.update(key=key, x=full.copy(), r=r)
         return cache["x"], cache["r"]
 
     def resid(z):
@@ -688,9 +690,11 @@ def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, ph
     return solve(ret.x)[0].copy(), out, [int(i) for i in free]
 
 
-def _conditional_amplitudes(model: LinearCombinationModel, x: np.ndarray) -> np.ndarray:
+def _conditional_amplitudes(model: LinearCombinationModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best non-negative normalised concentrations at ``x``'s nonlinear parameters: NNLS of the projected
-    component columns (and the prior rows, which act on the concentrations only) against the projected data."""
+    component columns (and the prior rows, which act on the concentrations only) against the projected data.
+    Also returns the residual there (data rows, then prior rows: :meth:`LinearCombinationModel.residual_vector`
+    without the own-shift rows), so the solver's residual costs no second model evaluation."""
     pb = model.pb
     a = pb.project(model.component_columns(x))
     v = pb.project(_stack(pb.y))
@@ -700,7 +704,7 @@ def _conditional_amplitudes(model: LinearCombinationModel, x: np.ndarray) -> np.
     # QR first: NNLS on the K x K triangle has the same solution as on the tall system, at a fraction of the cost
     qr_r = np.linalg.qr(np.column_stack([a, v]), mode="r")
     c, _ = nnls(qr_r[: a.shape[1], : a.shape[1]], qr_r[: a.shape[1], -1], maxiter=50 * a.shape[1])
-    return c
+    return c, v - a @ c
 
 
 def gaussian_bound_hz(pb: Problem, params: FitParams, group: int) -> float:
