@@ -71,6 +71,14 @@ def test_structural_verdict_follows_the_published_claims(tmp_path, discovery_p, 
     assert finding.sentence.startswith(f"Discovery BAC 0.7 [0.6, 0.8], permutation p = {format_number(discovery_p)}")
 
 
+def test_a_saline_cohort_below_chance_is_not_called_at_chance(tmp_path):
+    path = _metrics(tmp_path, 0.002, 0.01)
+    path.write_text(path.read_text().replace("saline\tbac\t0.45\t0.3\t0.6", "saline\tbac\t0.25\t0.1\t0.4"))
+    (finding, *_) = collect_findings({"structural": [path]}, {"structural": ("ran", "")}, lambda p: p.name)
+    assert finding.verdict == "replicates"
+    assert finding.reason.endswith("saline not above chance, as published, but below it (BAC CI under 0.5)")
+
+
 def test_a_group_table_not_as_written_is_a_loud_failure_not_a_finding(tmp_path):
     path = tmp_path / "atlas-X_desc-svm_metrics.tsv"
     path.write_text("cohort\tvalue\ndiscovery\t0.7\n")
