@@ -71,6 +71,14 @@ def test_structural_verdict_follows_the_published_claims(tmp_path, discovery_p, 
     assert finding.sentence.startswith(f"Discovery BAC 0.7 [0.6, 0.8], permutation p = {format_number(discovery_p)}")
 
 
+def test_a_saline_cohort_below_chance_is_not_called_at_chance(tmp_path):
+    path = _metrics(tmp_path, 0.002, 0.01)
+    path.write_text(path.read_text().replace("saline\tbac\t0.45\t0.3\t0.6", "saline\tbac\t0.25\t0.1\t0.4"))
+    (finding, *_) = collect_findings({"structural": [path]}, {"structural": ("ran", "")}, lambda p: p.name)
+    assert finding.verdict == "replicates"
+    assert finding.reason.endswith("saline not above chance, as published, but below it (BAC CI under 0.5)")
+
+
 def test_a_group_table_not_as_written_is_a_loud_failure_not_a_finding(tmp_path):
     path = tmp_path / "atlas-X_desc-svm_metrics.tsv"
     path.write_text("cohort\tvalue\ndiscovery\t0.7\n")
@@ -175,21 +183,42 @@ def test_findings_json_values_equal_the_tables_they_summarise(demo_outputs):
         madrs[madrs.term == "pretreatment_x_time"].iloc[0]["p"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-07 on the small demo (seed 5): structural discovery permutation p = 0.544 (n = 24), "
-    "1 significant PC for 2 planted components, connectivity verdict 'does not replicate'; only the Glx sign holds. "
-    "The planted effects are not recovered at this size: open question for the demo generator or the analyses; "
-    "strict, so this turns red the day they are"))
-def test_findings_are_the_planted_effects_of_the_demo(demo_outputs):
-    """The demo plants a structural signature, one functional component per planted map and a negative naltrexone x
-    time effect on Glx/tNAA: the findings say so (the truth is the generator's, not the findings' code)."""
-    truth = json.loads((demo_outputs.parent / "bids" / "code" / "ground_truth.json").read_text())
-    doc = json.loads((demo_outputs / "group" / "findings.json").read_text())["analyses"]
-    assert doc["structural"]["values"]["discovery"]["p_permutation"] < 0.05
-    assert doc["connectivity"]["values"]["n_significant_components"] == len(truth["connectivity"]["components"])
+def planted_effects_missed(root: Path) -> list[str]:
+    """What the demo in ``root`` failed to recover of its planted effects (empty: all recovered).
+
+    The truth is the generator's ``code/ground_truth.json``; the findings are read from ``findings.json``.
+    """
+    truth = json.loads((root / "bids" / "code" / "ground_truth.json").read_text())
+    doc = json.loads((root / "outputs" / "group" / "findings.json").read_text())["analyses"]
+    missed = []
+    discovery = doc["structural"]["values"]["discovery"]
+    if not (discovery["p_permutation"] < 0.05 and discovery["bac_ci_low"] > 0.5):
+        missed.append(f"structural discovery BAC {discovery['bac']} [{discovery['bac_ci_low']}, "
+                      f"{discovery['bac_ci_high']}], permutation p {discovery['p_permutation']}")
+    planted_pcs = len(truth["connectivity"]["components"])
+    found_pcs = doc["connectivity"]["values"]["n_significant_components"]
+    if found_pcs != planted_pcs or doc["connectivity"]["verdict"] != "replicates":
+        missed.append(f"connectivity: {found_pcs} significant PCs for {planted_pcs} planted, verdict "
+                      f"{doc['connectivity']['verdict']!r}")
     planted = truth["spectroscopy"]["glx_tnaa_per_minute"]["pretreatment_x_time"]
-    assert planted < 0 and doc["spectroscopy"]["values"]["glx_pretreatment_x_time"]["estimate"] < 0
-    assert doc["connectivity"]["verdict"] == "replicates"
+    glx = doc["spectroscopy"]["values"]["glx_pretreatment_x_time"]
+    if not (planted < 0 and glx["estimate"] < 0 and glx["ci_low"] <= planted <= glx["ci_high"]):
+        missed.append(f"Glx/tNAA pretreatment x time {glx['estimate']} [{glx['ci_low']}, {glx['ci_high']}] for "
+                      f"planted {planted}")
+    return missed
+
+
+@pytest.mark.slow
+def test_the_readme_demo_finds_its_planted_effects(tmp_path_factory):
+    """The README's demo (default size and seed, as a new user runs it) plants a structural signature, one functional
+    component per planted map and a negative naltrexone x time effect on Glx/tNAA: its findings say so, and the
+    connectivity verdict reads "replicates". (The tests' small demo is too small for that: at seed 5 its
+    discovery permutation p is 0.54 with n = 24 and it finds one PC for two; it checks wiring, not power.)"""
+    from bids_ketamine.cli.run import main
+
+    root = tmp_path_factory.mktemp("readme_demo")
+    assert main(["demo", str(root)]) == 0
+    assert planted_effects_missed(root) == []
 
 
 def test_demo_prints_the_same_findings_as_the_group_report(demo_outputs, capsys):
