@@ -1,6 +1,9 @@
 """Our participant-level spectroscopy against LCModel 6.3 on the same spectra, in one run.
 
-Run: .venv/bin/python benchmarks/bench_mrs_vs_lcmodel.py [--quick]   (needs Debian's libgfortran5)
+Run: .venv/bin/python benchmarks/bench_mrs_vs_lcmodel.py [--quick] [--profile]   (needs Debian's libgfortran5)
+
+``--profile`` only prints where our per-spectrum time goes on the real spectrum (cProfile, 10 fits, top 25 by
+cumulative time) and stops.
 
 1. Speed: per spectrum, our full participant-level fit (sign decision, HLSVD residual-water removal, macromolecule
    and lipid model, baseline choice, fit, CRLBs, QC) against LCModel's run on the same spectrum (its binary through
@@ -62,6 +65,17 @@ def main() -> None:
     data = read_nifti_mrs(DATA / "sub-01" / "mrs" / "sub-01_svs.nii.gz")
     real = preprocess_svs(data.fid, dwell_time=DWELL, spectrometer_frequency=CF).average
     ours(real, basis, lcm_params)  # warm-up
+    if "--profile" in sys.argv:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(10):
+            ours(real, basis, lcm_params)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        return
     t_ours = [time.perf_counter()]
     for _ in range(5):
         ours(real, basis, lcm_params)

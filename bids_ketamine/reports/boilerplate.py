@@ -392,7 +392,8 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
     aligned. Each value is the set of what the acquisitions recorded (one element when all agree).
     """
     record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
-                                                 "lipids", "water_removal", "priors", "sign")}
+                                                 "lipids", "water_removal", "priors", "sign", "press_te1",
+                                                 "intrinsic_linewidth")}
     for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsfit.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -410,6 +411,10 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
         removal = [r for r in data.get("ResidualWaterRemoval") or [] if r]
         record["water_removal"].add(removal[0].get("Method") if removal else None)
         record["priors"].add(bool(data.get("RatioPriors")))
+        basis = data.get("Basis") or {}
+        if basis.get("PressTE1"):
+            record["press_te1"].add(float(basis["PressTE1"]))
+        record["intrinsic_linewidth"].add(bool(basis.get("IntrinsicLinewidthHz")))
         sign = data.get("SignConvention") or {}
         if sign:
             record["sign"].add(sign.get("Decision"))
@@ -509,8 +514,14 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                           "NAA, creatine and choline singlets after water removal")
     basis_source = p.get("basis.source")
     sequence = p.get("basis.sequence", "sequence")
+    te1 = sorted(rec.get("press_te1") or ())
+    te1_text = (f", PRESS first echo time {' / '.join(_fmt(1000 * t) for t in te1)} ms" if te1 else "")
     basis_text = ("simulated basis spectra [govindaraju2000]" + (f" ({sequence} sequence)" if sequence and
                                                                    sequence != "auto" else "")
+                  + (f" (ideal pulses{te1_text}"
+                     + (", each metabolite with its homogeneous line width 1/(πT2)"
+                        if True in rec.get("intrinsic_linewidth", set()) else "") + ")"
+                     if te1_text or True in rec.get("intrinsic_linewidth", set()) else "")
                   if basis_source in (None, "simulate") else f"basis spectra read from the user's {basis_source} "
                   "basis set")
     crlb = p.text("max_crlb_percent", unit=" %")

@@ -639,32 +639,72 @@ REFINE_TOLERANCE = 1e-8
 
 
 def _refine(model: LinearCombinationModel, x0: np.ndarray, params: FitParams, phi0: float):
-    """Joint nonlinear refinement from ``x0``: scipy's bounded trust-region reflective solver
-    (``least_squares(method="trf")``) on the free parameters, with the analytic Jacobian.
+    """Joint refinement from ``x0`` by variable projection: the concentrations are linear, so for any nonlinear
+    parameters (shifts, widths, phases, own shifts) their best non-negative values are an NNLS solution of the
+    baseline-projected component columns stacked on the prior rows (:func:`_conditional_amplitudes`). scipy's
+    bounded trust-region reflective solver (``least_squares(method="trf")``) then sees only the ~10-15 nonlinear
+    parameters, with Kaufman's reduced Jacobian (the analytic Jacobian of the nonlinear parameters projected off
+    the active concentration columns; its gradient is exact at the conditional optimum). This is the same optimum
+    as the joint problem's (same residual, same bounds, ``c >= 0``), found with a ~60 x 12 instead of a ~60 x 60
+    trust-region step; the CRLBs are computed from the full Jacobian at the solution, as before.
 
-    Called directly on a packed vector (formerly through ``lmfit.Minimizer``, which passes the same bounds and
-    start to the same solver natively; its per-call Parameter bookkeeping cost about a tenth of the fit)."""
+    Called directly on a packed vector (formerly through ``lmfit.Minimizer``, whose per-call Parameter bookkeeping
+    cost about a tenth of the fit)."""
     lo, hi, vary = refine_bounds(model, params, phi0)
     x = np.clip(np.asarray(x0, float), lo, hi)
     x[model.sl_s] = np.where(vary[model.sl_s], x[model.sl_s], 0.0)
     free = np.flatnonzero(vary)
+    k = model.pb.n_comp
+    nonlin = free[free >= k]
     full = x.copy()
+    cache: dict = {}
 
-    def unpack(z: np.ndarray) -> np.ndarray:
-        full[free] = z
-        return full.copy()
+    def solve(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = z.tobytes()
+        if cache.get("key") != key:
+            full[nonlin] = z
+            full[model.sl_c] = 0.0
+            full[model.sl_c], r = _conditional_amplitudes(model, full)
+            if model.own_shift.size:
+                r = np.concatenate([r, model._prior_residuals(full)[-1]])
+            cache.update(key=key, x=full.copy(), r=r)
+        return cache["x"], cache["r"]
 
     def resid(z):
-        return model.residual_vector(unpack(z))
+        return solve(z)[1]
 
     def jac(z):
-        return model.jacobian(unpack(z))[:, free]
+        xz = solve(z)[0]
+        j = model.jacobian(xz)
+        active = np.flatnonzero(xz[model.sl_c] > 0)
+        jn = j[:, nonlin]
+        if active.size:
+            q, _ = np.linalg.qr(j[:, active])
+            jn = jn - q @ (q.T @ jn)
+        return jn
 
-    ret = least_squares(resid, x[free], jac=jac, bounds=(lo[free], hi[free]), method="trf", x_scale="jac",
+    ret = least_squares(resid, x[nonlin], jac=jac, bounds=(lo[nonlin], hi[nonlin]), method="trf", x_scale="jac",
                         max_nfev=params.max_nfev, ftol=REFINE_TOLERANCE, xtol=REFINE_TOLERANCE,
                         gtol=REFINE_TOLERANCE)
     out = RefineOutcome(success=bool(ret.success), message=str(ret.message), nfev=int(ret.nfev))
-    return unpack(ret.x), out, [int(i) for i in free]
+    return solve(ret.x)[0].copy(), out, [int(i) for i in free]
+
+
+def _conditional_amplitudes(model: LinearCombinationModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best non-negative normalised concentrations at ``x``'s nonlinear parameters: NNLS of the projected
+    component columns (and the prior rows, which act on the concentrations only) against the projected data.
+    Also returns the residual there (data rows, then prior rows: :meth:`LinearCombinationModel.residual_vector`
+    without the own-shift rows), so the solver's residual costs no second model evaluation."""
+    pb = model.pb
+    a = pb.project(model.component_columns(x))
+    v = pb.project(_stack(pb.y))
+    if pb.prior_rows.shape[0]:
+        a = np.vstack([a, -pb.prior_rows])
+        v = np.concatenate([v, np.zeros(pb.prior_rows.shape[0])])
+    # QR first: NNLS on the K x K triangle has the same solution as on the tall system, at a fraction of the cost
+    qr_r = np.linalg.qr(np.column_stack([a, v]), mode="r")
+    c, _ = nnls(qr_r[: a.shape[1], : a.shape[1]], qr_r[: a.shape[1], -1], maxiter=50 * a.shape[1])
+    return c, v - a @ c
 
 
 def gaussian_bound_hz(pb: Problem, params: FitParams, group: int) -> float:

@@ -99,9 +99,20 @@ def load_basis(params: SpectroscopyParams, data: MrsData):
         sequence = {"STEAM": "STEAM", "SLASER": "sLASER", "SEMILASER": "sLASER", "LASER": "sLASER"}.get(declared,
                                                                                                           "PRESS")
     tm = bp.mixing_time if bp.mixing_time is not None else data.metadata.get("MixingTime")
+    from bids_ketamine.errors import UsageError
+    from bids_ketamine.spectroscopy.simulate import DEFAULT_METABOLITES, load_spin_systems
+
+    metabolites = tuple(bp.metabolites) if bp.metabolites else DEFAULT_METABOLITES
+    known = load_spin_systems()["metabolites"]
+    unknown = [m for m in metabolites if m not in known]
+    if unknown:
+        raise UsageError(f"spectroscopy.basis.metabolites names metabolites without a spin system: "
+                         f"{', '.join(unknown)}", fix=f"choose among {', '.join(sorted(known))}")
     return simulate_basis(spectrometer_frequency=data.spectrometer_frequency, echo_time=data.echo_time,
+                          metabolites=metabolites,
                           sequence=sequence, mixing_time=None if tm is None else float(tm),
-                          dwell_time=data.dwell_time, n_points=data.n_points, macromolecules=bp.macromolecules)
+                          dwell_time=data.dwell_time, n_points=data.n_points,
+                          te1=bp.press_te1 if sequence == "PRESS" else None)
 
 
 def preprocess_acquisition(acq: MrsAcquisition, params: SpectroscopyParams, design=None):
@@ -193,9 +204,9 @@ def fit_figure(results: list, labels: list[str], title: str):
 
     One panel per spectrum (real parts, phase corrected). Over the fit window: the data after water removal, the
     fit, the baseline, and baseline + each nuisance group (macromolecules, lipids) so their share is visible;
-    beyond it, up to the water band, the data before removal and the HLSVD water that was removed. The legend
-    sits in its own row above the panels, so it never covers a panel's title; a panel whose fit failed QC says
-    so in red.
+    beyond it, up to the water band, the data before removal and the HLSVD water that was removed. The title
+    sits above the panels and the legend in its own row below them (both "outside upper" collide in constrained
+    layout), so neither covers a panel's title; a panel whose fit failed QC says so in red.
     """
     import matplotlib
 
@@ -239,7 +250,7 @@ def fit_figure(results: list, labels: list[str], title: str):
             if lab not in names:
                 handles.append(h)
                 names.append(lab)
-    fig.legend(handles, names, loc="outside upper center", ncol=4, fontsize=6, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncol=4, fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=9)
     return fig
 
