@@ -25,6 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+#: A REML variance below this fraction of the median squared first-level SE is taken as zero (on the boundary of
+#: the parameter space): it is reported as 0 and held fixed in the Satterthwaite degrees of freedom.
+BOUNDARY = 1e-3
+
 #: Term names of the slope model (the block-wise model's names for the same effects).
 SLOPE_TERMS = {"Intercept": "time", "nal": "pretreatment_x_time", "sex_c": "sex_x_time",
                "nal:sex_c": "sex_x_pretreatment_x_time"}
@@ -70,8 +74,9 @@ def reml_known_variance(y: np.ndarray, x: np.ndarray, se: np.ndarray, groups: np
                                 bounds=[(lo, hi), (lo, hi)])
         if best is None or res.fun < best.fun:
             best = res
-    _, beta, xtvx = pieces(best.x)
-    tu, te = np.exp(best.x)
+    theta = np.where(best.x <= np.log(BOUNDARY), -np.inf, best.x)  # at the boundary: exactly no such variance
+    _, beta, xtvx = pieces(theta)
+    tu, te = np.exp(theta)
     return beta * scale, np.linalg.inv(xtvx) * scale**2, float(tu * scale**2), float(te * scale**2)
 
 
@@ -90,18 +95,23 @@ def satterthwaite_df(x: np.ndarray, se: np.ndarray, groups: np.ndarray, tau_u: f
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     z = (inverse[:, None] == np.arange(inverse.max() + 1)[None, :]).astype(float)
     n = x.shape[0]
-    components = (z @ z.T, np.eye(n))
-    v = np.diag(se**2 + tau_e) + tau_u * components[0]
+    v = np.diag(se**2 + tau_e) + tau_u * (z @ z.T)
     vi = np.linalg.inv(v)
     m_inv = np.linalg.inv(x.T @ vi @ x)
+    upper = 1000.0 * n
+    # a variance on the boundary (REML estimate 0) is not an estimated parameter: on the standard-deviation scale
+    # that lme4/lmerTest use, cov(beta) has zero derivative there, so it adds nothing to the df
+    components = (z @ z.T, np.eye(n))
+    active = np.array([tau_u > 0, tau_e > 0], float)
+    if not active.any():
+        return np.full(x.shape[1], upper)
     p_mat = vi - vi @ x @ m_inv @ x.T @ vi
     info = np.array([[0.5 * np.trace(p_mat @ a @ p_mat @ b) for b in components] for a in components])
     a_cov = np.linalg.pinv(info)
     # d cov(beta) / d tau_k = M^-1 X' V^-1 V_k V^-1 X M^-1
-    grads = np.stack([np.diag(m_inv @ x.T @ vi @ vk @ vi @ x @ m_inv) for vk in components], axis=1)
+    grads = np.stack([np.diag(m_inv @ x.T @ vi @ vk @ vi @ x @ m_inv) for vk in components], axis=1) * active
     g = np.diag(m_inv)
     denom = np.einsum("jk,kl,jl->j", grads, a_cov, grads)
-    upper = 1000.0 * n
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(denom > 0, 2 * g**2 / denom, upper)
     return np.clip(df, 1.0, upper)
