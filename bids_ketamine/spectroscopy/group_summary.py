@@ -89,7 +89,12 @@ def satterthwaite_df(x: np.ndarray, se: np.ndarray, groups: np.ndarray, tau_u: f
     sessions minus fixed effects: a pretreatment contrast is within subjects, so with few subjects and dominant
     between-session variance that count is too large (p < 0.05 in 12 % of 4-subject null studies), while with
     dominant known first-level variances it is too small (0.6 %); the Satterthwaite count follows where the
-    variance comes from. Clipped to [1, sessions x 1000] (a known variance: in effect a z test).
+    variance comes from. A variance REML put on the boundary (exactly 0, see :data:`BOUNDARY`) contributes no
+    gradient (on the standard-deviation scale its derivative is zero, as in lmerTest for a singular fit); the other
+    one keeps its uncertainty from the full information (the trade-off between the two stays). Without the rule
+    the df stayed at the within-subject residual count (2 with 4 subjects) when all variance was first-level, and
+    the null test never rejected (0 of 1000 studies at p < 0.05). Clipped to [1, sessions x 1000] (every variance
+    known: in effect a z test).
     """
     x, se = np.asarray(x, float), np.asarray(se, float)
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
