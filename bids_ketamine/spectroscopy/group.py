@@ -127,23 +127,7 @@ def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", s
 
     df = df.dropna(subset=["value", time_col]).copy()
     df = df.rename(columns={time_col: "time"})
-    terms = ["time"]
-    usable_nal = "nal" in df and df["nal"].notna().all() and df["nal"].nunique() > 1
-    usable_sex = "sex_c" in df and df["sex_c"].notna().all() and df["sex_c"].nunique() > 1
-    if usable_nal and usable_sex:
-        rhs = "time * nal * sex_c"
-    elif usable_nal:
-        rhs = "time * nal"
-    elif usable_sex:
-        rhs = "time * sex_c"
-    else:
-        rhs = " + ".join(terms)
-    candidates = [rhs]
-    if rhs == "time * nal * sex_c":  # simpler nested models when the three-way design is not identifiable
-        candidates += ["time * nal + sex_c", "time * nal"]
-    if "period" in df and df["period"].notna().all() and df["period"].nunique() > 1:
-        candidates.insert(0, rhs + " + C(period)")
-    rhs = _first_full_rank(df, candidates, outcome)
+    rhs = _first_full_rank(df, design_candidates(df, time=True, with_period=True), outcome)
     vc = {"session": "0 + C(session_id)"} if session_vc and df["session_id"].notna().all() else None
     # re_formula "1": with a vc_formula statsmodels leaves out the subject intercept unless asked for it
     model = smf.mixedlm(f"value ~ {rhs}", df, groups=df["participant_id"], re_formula="1", vc_formula=vc)
@@ -207,6 +191,24 @@ DYNAMIC_MODEL_DOC = (
     "variances and REML subject and session variances (inverse-variance weighted).")
 
 _WARNED: set[tuple[str, str]] = set()
+
+
+def design_candidates(df: pd.DataFrame, *, time: bool, with_period: bool) -> list[str]:
+    """Right-hand sides to try, fullest first, for both group models (block-wise: ``time`` x ...; dynamic: the
+    session's slope or level on ...): pretreatment * sex when both vary, simpler nested models when the three-way
+    design is not identifiable, and the crossover period first when ``with_period`` and it varies."""
+    usable_nal = "nal" in df and df["nal"].notna().all() and df["nal"].nunique() > 1
+    usable_sex = "sex_c" in df and df["sex_c"].notna().all() and df["sex_c"].nunique() > 1
+    core = ("nal * sex_c" if usable_nal and usable_sex else "nal" if usable_nal else "sex_c" if usable_sex
+            else "")
+    prefix = "time * " if time else ""
+    rhs = prefix + core if core else ("time" if time else "1")
+    candidates = [rhs]
+    if core == "nal * sex_c":
+        candidates += [prefix + "nal + sex_c", prefix + "nal"]
+    if with_period and "period" in df and df["period"].notna().all() and df["period"].nunique() > 1:
+        candidates.insert(0, rhs + " + C(period)")
+    return candidates
 
 
 def _first_full_rank(df: pd.DataFrame, candidates: list[str], outcome: str) -> str:

@@ -166,20 +166,13 @@ def fit_time_model_group(sessions: pd.DataFrame, outcome: str, *, level: str = "
     design falls back as the block-wise model does (no sex terms without two sexes, period dropped when it is
     confounded with sex x pretreatment).
     """
-    from bids_ketamine.spectroscopy.group import _first_full_rank
+    from bids_ketamine.spectroscopy.group import _first_full_rank, design_candidates
 
     out = []
     for quantity, terms, with_period in ((slope, SLOPE_TERMS, False), (level, LEVEL_TERMS, True)):
         d = sessions[sessions["parameter"] == quantity].copy()
         if d.empty:
             continue
-        usable_nal = "nal" in d and d["nal"].notna().all() and d["nal"].nunique() > 1
-        usable_sex = "sex_c" in d and d["sex_c"].notna().all() and d["sex_c"].nunique() > 1
-        rhs = ("nal * sex_c" if usable_nal and usable_sex else "nal" if usable_nal else "sex_c" if usable_sex
-               else "1")
-        candidates = [rhs] + (["nal + sex_c", "nal"] if rhs == "nal * sex_c" else [])
-        if with_period and "period" in d and d["period"].notna().all() and d["period"].nunique() > 1:
-            candidates.insert(0, rhs + " + C(period)")
-        rhs = _first_full_rank(d, candidates, outcome)
+        rhs = _first_full_rank(d, design_candidates(d, time=False, with_period=with_period), outcome)
         out.append(summary_model(d, outcome, quantity, rhs, terms))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
