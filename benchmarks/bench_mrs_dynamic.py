@@ -99,6 +99,8 @@ def null_studies(n_studies: int, n_subjects: int, seed: int) -> None:
         row = table[table["term"] == "pretreatment_x_time"].iloc[0]
         p_values.append(float(row["p"]))
         estimates.append(float(row["estimate"]))
+        print(f"  study {len(p_values)}: pretreatment x time {estimates[-1]:+.6f}, df {float(row['df']):.1f}, "
+              f"p = {p_values[-1]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     p = np.array(p_values)
     k = int(np.sum(p < 0.05))
     from scipy import stats
