@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> int:
 
         try:
             with writing(root, "demo folder"):  # a full or read-only disk: one line, exit 73
-                write_study(bids_dir, seed=args.random_seed, size=args.size, parts=parts)
+                write_study(bids_dir, seed=args.random_seed, size=args.size, parts=parts,
+                            n_jobs=args.nprocs or len(os.sched_getaffinity(0)))
         except BidsKetamineError as exc:
             print(f"bids-ketamine demo: error: {exc}", file=sys.stderr)
             return exc.exit_code

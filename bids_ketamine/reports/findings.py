@@ -175,9 +175,13 @@ def structural_finding(files: list[Path], rel) -> Finding:
         others.append(ok)
         reasons.append(f"external {'above chance, as published' if ok else 'not above chance (published: p = 0.01)'}")
     if "saline" in values:
-        ok = not above_chance(values["saline"])
+        saline = values["saline"]
+        ok = not above_chance(saline)
         others.append(ok)
-        reasons.append(f"saline {'at chance, as published' if ok else 'above chance (published: at chance)'}")
+        below = saline["bac_ci_high"] is not None and saline["bac_ci_high"] < 0.5
+        reasons.append("saline " + ("above chance (published: at chance)" if not ok else
+                                    "not above chance, as published, but below it (BAC CI under 0.5)" if below else
+                                    "at chance, as published"))
     return Finding("structural", "ran", sentence, _verdict(main, others), "; ".join(reasons), values,
                    [rel(tables[0])])
 

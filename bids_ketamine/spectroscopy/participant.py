@@ -193,9 +193,9 @@ def fit_figure(results: list, labels: list[str], title: str):
 
     One panel per spectrum (real parts, phase corrected). Over the fit window: the data after water removal, the
     fit, the baseline, and baseline + each nuisance group (macromolecules, lipids) so their share is visible;
-    beyond it, up to the water band, the data before removal and the HLSVD water that was removed. The legend
-    sits in its own row above the panels, so it never covers a panel's title; a panel whose fit failed QC says
-    so in red.
+    beyond it, up to the water band, the data before removal and the HLSVD water that was removed. The title
+    sits above the panels and the legend in its own row below them (both "outside upper" collide in constrained
+    layout), so neither covers a panel's title; a panel whose fit failed QC says so in red.
     """
     import matplotlib
 
@@ -239,7 +239,7 @@ def fit_figure(results: list, labels: list[str], title: str):
             if lab not in names:
                 handles.append(h)
                 names.append(lab)
-    fig.legend(handles, names, loc="outside upper center", ncol=4, fontsize=6, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncol=4, fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=9)
     return fig
 

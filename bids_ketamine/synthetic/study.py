@@ -48,7 +48,10 @@ class StudySize:
 
 
 SIZES = {
-    "demo": StudySize(("siteA", "siteB", "siteC"), ("siteD", "siteE"), ("siteA", "siteB"), 60, 24, 24, 20, 10),
+    # the README demo (at most 300 s on 2 cores with both levels): 60 discovery T1w keep the planted signature's
+    # permutation p well under 0.05; the external and saline cohorts are kept to 12 each (6 per site, over the
+    # harmonisation's min_unseen_site_size), which is enough to show them but not to test them with power
+    "demo": StudySize(("siteA", "siteB", "siteC"), ("siteD", "siteE"), ("siteA", "siteB"), 60, 12, 12, 20, 10),
     "small": StudySize(("siteA", "siteB"), ("siteD",), ("siteA",), 24, 10, 10, 8, 4, n_volumes=120,
                        n_transients=64),
 }
@@ -111,11 +114,25 @@ def _madrs(rng: np.random.Generator, responder: bool) -> tuple[float, float]:
     return baseline, float(np.round(baseline * (1 - reduction)))
 
 
+def _write_anats(write, root: Path, fmriprep: Path, jobs: list[tuple[str, dict[str, Any]]], n_jobs: int
+                 ) -> list[dict[str, Any]]:
+    """``write(root, fmriprep, label, **kwargs)`` for every job, on ``n_jobs`` processes, results in job order.
+
+    Each T1w has its own derived seed and its own files, so the order they are written in does not change a byte.
+    """
+    if n_jobs <= 1 or len(jobs) < 2:
+        return [write(root, fmriprep, label, **kwargs) for label, kwargs in jobs]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_jobs)(delayed(write)(root, fmriprep, label, **kwargs) for label, kwargs in jobs)
+
+
 def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
-                parts: tuple[str, ...] = ("anat", "bold", "mrs")) -> dict[str, Any]:
+                parts: tuple[str, ...] = ("anat", "bold", "mrs"), n_jobs: int = 1) -> dict[str, Any]:
     """Write the synthetic BIDS study under ``root`` and return its ground truth (also in code/ground_truth.json).
 
     Parts whose writer this installation lacks raise ``ModuleNotFoundError``; ask ``part_available`` first.
+    ``n_jobs`` processes write the T1w images (the same bytes for any ``n_jobs``).
     """
     root = Path(root)
     spec = SIZES[size]
@@ -147,6 +164,7 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
         cohorts = [("d", "discovery", "ketamine", spec.discovery_sites, spec.n_discovery),
                    ("x", "external", "ketamine", spec.external_sites, spec.n_external),
                    ("s", "discovery", "saline", spec.saline_sites, spec.n_saline)]
+        anat_jobs: list[tuple[str, dict[str, Any]]] = []
         for prefix, cohort, arm, cohort_sites, n in cohorts:
             for i in range(n):
                 label = f"{prefix}{i + 1:03d}"
@@ -161,12 +179,13 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
                 rows.append({"participant_id": f"sub-{label}", "study": "structural", "site": site,
                              "sex": "F" if rng.random() < 0.6 else "M", "age": float(np.round(rng.uniform(20, 65))),
                              "arm": arm, "cohort": cohort, "madrs_baseline": base, "madrs_24h": after})
-                info = anat.write_synthetic_anat(root, fmriprep, label, gm_effect=gm_effect,
-                                                 site_offset=site_offset[site], seed=derived_seed(seed, "anat", label))
+                anat_jobs.append((label, {"gm_effect": gm_effect, "site_offset": site_offset[site],
+                                          "seed": derived_seed(seed, "anat", label)}))
                 anat_truth["subjects"][label] = {"responder": responder, "gm_effect": gm_effect, "arm": arm,
                                                  "cohort": cohort, "site": site}
-                # the planted effect is the same for everyone; keep it once, without this machine's file paths
-                anat_truth.setdefault("effect", {k: v for k, v in info.items() if k != "files"})
+        infos = _write_anats(anat.write_synthetic_anat, root, fmriprep, anat_jobs, n_jobs)
+        if infos:  # the planted effect is the same for everyone; keep it once, without this machine's file paths
+            anat_truth["effect"] = {k: v for k, v in infos[0].items() if k != "files"}
         anat_truth["gm_separation_sd"] = GM_SEPARATION
         anat_truth["bayes_auc_latent"] = float(norm.cdf(GM_SEPARATION / np.sqrt(2)))
         anat_truth["bayes_auc_note"] = ("AUC of the optimal classifier that sees the latent grey-matter score exactly "
@@ -225,11 +244,10 @@ def write_study(root: str | Path, *, seed: int = 20240601, size: str = "demo",
         voxels: dict[str, dict] = {}
         if "anat" in parts:
             anat = importlib.import_module(PARTS["anat"])
-            for label in labels:
-                info = anat.write_synthetic_anat(root, fmriprep, label, gm_effect=0.0, site_offset=0.0,
-                                                 seed=derived_seed(seed, "anat", label),
-                                                 mrs_voxel_mni=anat.MRS_VOXEL_MNI)
-                voxels[label] = info["mrs_voxel"]
+            infos = _write_anats(anat.write_synthetic_anat, root, fmriprep, [
+                (label, {"gm_effect": 0.0, "site_offset": 0.0, "seed": derived_seed(seed, "anat", label),
+                         "mrs_voxel_mni": anat.MRS_VOXEL_MNI}) for label in labels], n_jobs)
+            voxels = {label: info["mrs_voxel"] for label, info in zip(labels, infos)}
         truth["spectroscopy"] = mrs.write_synthetic_fmrs_cohort(root, sexes, sessions,
                                                                 seed=derived_seed(seed, "mrs"),
                                                                 n_transients=spec.n_transients, voxels=voxels)
