@@ -99,12 +99,18 @@ def null_studies(n_studies: int, n_subjects: int, seed: int) -> None:
         row = table[table["term"] == "pretreatment_x_time"].iloc[0]
         p_values.append(float(row["p"]))
         estimates.append(float(row["estimate"]))
+        print(f"  study {len(p_values)}: pretreatment x time {estimates[-1]:+.6f}, df {float(row['df']):.1f}, "
+              f"p = {p_values[-1]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     p = np.array(p_values)
     k = int(np.sum(p < 0.05))
+    from scipy import stats
+
+    ks = stats.kstest(p, "uniform")
     print(f"null: {n_studies} studies x {n_subjects} subjects x 2 sessions ({time.perf_counter() - t0:.0f} s)")
     print(f"  pretreatment x time p < 0.05 in {k} of {n_studies}; target 1-10: {'PASS' if 1 <= k <= 10 else 'FAIL'}; "
           f"p < 0.01 in {int(np.sum(p < 0.01))}; mean estimate {np.mean(estimates):+.6f} "
-          f"(SD {np.std(estimates, ddof=1):.6f})")
+          f"(SD {np.std(estimates, ddof=1):.6f}); p-values uniform? KS D = {ks.statistic:.3f}, p = {ks.pvalue:.3g}; "
+          f"deciles {np.histogram(p, bins=10, range=(0, 1))[0].tolist()}")
 
 
 def demo_group(workdir: str, seed: int) -> None:

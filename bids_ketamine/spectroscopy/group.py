@@ -3,8 +3,8 @@
 The model follows Jelen et al. (2025): blocks over time nested in sessions in subjects; fixed effects time
 (minutes since infusion onset), pretreatment (naltrexone = 1, placebo = 0), sex (male = +0.5, female = -0.5) with
 all their interactions up to sex x pretreatment x time, and crossover period; a random intercept per subject and a
-variance component per session within subject (statsmodels MixedLM, REML). Wald tests use t with the residual
-degrees of freedom (observations minus fixed effects). MADRS: score ~ pretreatment x time (0 = before, 1 = 24 h)
+variance component per session within subject (statsmodels MixedLM, REML). Wald tests use t with Satterthwaite
+degrees of freedom (:func:`mixed_model_df`, the same rule as the dynamic summary-statistics model). MADRS: score ~ pretreatment x time (0 = before, 1 = 24 h)
 + period with a random intercept per subject, from the ``sessions`` table.
 """
 
@@ -28,10 +28,10 @@ STATS_COLUMNS = {
     "term": "Fixed-effect term: time, pretreatment, sex, their products (x), period.",
     "estimate": "Coefficient (outcome units per unit of the term; time in minutes for fMRS, 0/1 for MADRS).",
     "se": "Standard error of the coefficient.",
-    "ci_low": "Lower bound of the 95 % confidence interval (t quantile, residual df).",
+    "ci_low": "Lower bound of the 95 % confidence interval (t quantile, Satterthwaite df).",
     "ci_high": "Upper bound of the 95 % confidence interval.",
     "statistic": "Wald t statistic (estimate / se).",
-    "df": "Residual degrees of freedom (observations minus fixed effects).",
+    "df": "Satterthwaite degrees of freedom of the term (REML variances; a variance estimated as zero adds none).",
     "p": "Two-sided p-value of the t statistic.",
     "n_obs": "Observations in the model.",
     "n_subjects": "Subjects in the model.",
@@ -127,25 +127,10 @@ def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", s
 
     df = df.dropna(subset=["value", time_col]).copy()
     df = df.rename(columns={time_col: "time"})
-    terms = ["time"]
-    usable_nal = "nal" in df and df["nal"].notna().all() and df["nal"].nunique() > 1
-    usable_sex = "sex_c" in df and df["sex_c"].notna().all() and df["sex_c"].nunique() > 1
-    if usable_nal and usable_sex:
-        rhs = "time * nal * sex_c"
-    elif usable_nal:
-        rhs = "time * nal"
-    elif usable_sex:
-        rhs = "time * sex_c"
-    else:
-        rhs = " + ".join(terms)
-    candidates = [rhs]
-    if rhs == "time * nal * sex_c":  # simpler nested models when the three-way design is not identifiable
-        candidates += ["time * nal + sex_c", "time * nal"]
-    if "period" in df and df["period"].notna().all() and df["period"].nunique() > 1:
-        candidates.insert(0, rhs + " + C(period)")
-    rhs = _first_full_rank(df, candidates, outcome)
+    rhs = _first_full_rank(df, design_candidates(df, time=True, with_period=True), outcome)
     vc = {"session": "0 + C(session_id)"} if session_vc and df["session_id"].notna().all() else None
-    model = smf.mixedlm(f"value ~ {rhs}", df, groups=df["participant_id"], vc_formula=vc)
+    # re_formula "1": with a vc_formula statsmodels leaves out the subject intercept unless asked for it
+    model = smf.mixedlm(f"value ~ {rhs}", df, groups=df["participant_id"], re_formula="1", vc_formula=vc)
     res = None
     for method in ("lbfgs", "powell", "nm", "cg"):  # optimisers differ in where they step; keep the first that fits
         try:
@@ -158,13 +143,13 @@ def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", s
             break
     if res is None:
         raise np.linalg.LinAlgError(f"no optimiser could fit the mixed model of {outcome}")
-    n_fixed = len(res.fe_params)
-    dof = max(len(df) - n_fixed, 1)
+    dofs = mixed_model_df(res, df, with_session=vc is not None)
     se = res.bse_fe
-    tq = stats.t.ppf(0.975, dof)
     rows = []
-    for term, est in res.fe_params.items():
+    for j, (term, est) in enumerate(res.fe_params.items()):
         s = float(se[term])
+        dof = float(dofs[j])
+        tq = stats.t.ppf(0.975, dof)
         tval = est / s if s > 0 else np.nan
         name = TERM_NAMES.get(term, term.replace("C(period)[T.", "period_").rstrip("]"))
         rows.append({"outcome": outcome, "term": name, "estimate": est, "se": s, "ci_low": est - tq * s,
@@ -172,6 +157,30 @@ def fit_mixed_model(df: pd.DataFrame, outcome: str, *, time_col: str = "time", s
                      "p": 2 * stats.t.sf(abs(tval), dof) if np.isfinite(tval) else np.nan,
                      "n_obs": len(df), "n_subjects": df["participant_id"].nunique(), "formula": f"value ~ {rhs}"})
     return pd.DataFrame(rows)
+
+
+def mixed_model_df(res, df: pd.DataFrame, *, with_session: bool) -> np.ndarray:
+    """Satterthwaite df of each fixed effect of a fitted MixedLM (subject intercept, optional session variance,
+    residual), by :func:`.group_summary.satterthwaite_dof`, the rule the dynamic model uses; a variance statsmodels
+    leaves below :data:`.group_summary.BOUNDARY` x the residual variance is on the boundary (zero)."""
+    from bids_ketamine.spectroscopy.group_summary import BOUNDARY, satterthwaite_dof
+
+    x = np.asarray(res.model.exog, float)
+    subject = df["participant_id"].astype(str).to_numpy()
+    if len(subject) != x.shape[0]:
+        raise ValueError(f"{len(subject)} rows but the mixed model has {x.shape[0]} observations")
+    same_subject = (subject[:, None] == subject[None, :]).astype(float)
+    scale = float(res.scale)
+    cov_re = np.asarray(res.cov_re, float)
+    components, variances = [same_subject], [float(cov_re[0, 0]) if cov_re.size else 0.0]
+    if with_session:
+        session = df["session_id"].astype(str).to_numpy()
+        components.append(same_subject * (session[:, None] == session[None, :]))
+        variances.append(float(np.asarray(res.vcomp)[0]))
+    variances = [v if v > BOUNDARY * scale else 0.0 for v in variances]
+    components.append(np.eye(len(subject)))
+    variances.append(scale)
+    return satterthwaite_dof(x, np.zeros(len(subject)), components, variances)
 
 
 DYNAMIC_MODEL_DOC = (
@@ -182,6 +191,24 @@ DYNAMIC_MODEL_DOC = (
     "variances and REML subject and session variances (inverse-variance weighted).")
 
 _WARNED: set[tuple[str, str]] = set()
+
+
+def design_candidates(df: pd.DataFrame, *, time: bool, with_period: bool) -> list[str]:
+    """Right-hand sides to try, fullest first, for both group models (block-wise: ``time`` x ...; dynamic: the
+    session's slope or level on ...): pretreatment * sex when both vary, simpler nested models when the three-way
+    design is not identifiable, and the crossover period first when ``with_period`` and it varies."""
+    usable_nal = "nal" in df and df["nal"].notna().all() and df["nal"].nunique() > 1
+    usable_sex = "sex_c" in df and df["sex_c"].notna().all() and df["sex_c"].nunique() > 1
+    core = ("nal * sex_c" if usable_nal and usable_sex else "nal" if usable_nal else "sex_c" if usable_sex
+            else "")
+    prefix = "time * " if time else ""
+    rhs = prefix + core if core else ("time" if time else "1")
+    candidates = [rhs]
+    if core == "nal * sex_c":
+        candidates += [prefix + "nal + sex_c", prefix + "nal"]
+    if with_period and "period" in df and df["period"].notna().all() and df["period"].nunique() > 1:
+        candidates.insert(0, rhs + " + C(period)")
+    return candidates
 
 
 def _first_full_rank(df: pd.DataFrame, candidates: list[str], outcome: str) -> str:

@@ -15,8 +15,7 @@ The terms keep the names of the block-wise model of :mod:`.group`: in the slope 
 (slope in placebo, averaged over sex), ``nal`` is ``pretreatment_x_time``, ``sex_c`` ``sex_x_time`` and ``nal:sex_c``
 ``sex_x_pretreatment_x_time``; the level model gives ``intercept``, ``pretreatment``, ``sex``,
 ``sex_x_pretreatment`` and the crossover period (a level shift, as in the block-wise model). Wald t tests use
-Satterthwaite degrees of freedom (:func:`satterthwaite_df`; the block-wise model uses observations minus fixed
-effects).
+Satterthwaite degrees of freedom (:func:`satterthwaite_dof`, the rule the block-wise model of :mod:`.group` uses too).
 """
 
 from __future__ import annotations
@@ -24,6 +23,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+
+#: A REML variance below this fraction of the median squared first-level SE is taken as zero (on the boundary of
+#: the parameter space): it is reported as 0 and held fixed in the Satterthwaite degrees of freedom.
+BOUNDARY = 1e-3
 
 #: Term names of the slope model (the block-wise model's names for the same effects).
 SLOPE_TERMS = {"Intercept": "time", "nal": "pretreatment_x_time", "sex_c": "sex_x_time",
@@ -70,41 +73,60 @@ def reml_known_variance(y: np.ndarray, x: np.ndarray, se: np.ndarray, groups: np
                                 bounds=[(lo, hi), (lo, hi)])
         if best is None or res.fun < best.fun:
             best = res
-    _, beta, xtvx = pieces(best.x)
-    tu, te = np.exp(best.x)
+    theta = np.where(best.x <= np.log(BOUNDARY), -np.inf, best.x)  # at the boundary: exactly no such variance
+    _, beta, xtvx = pieces(theta)
+    tu, te = np.exp(theta)
     return beta * scale, np.linalg.inv(xtvx) * scale**2, float(tu * scale**2), float(te * scale**2)
+
+
+def satterthwaite_dof(x: np.ndarray, known: np.ndarray, components: list[np.ndarray], variances: list[float]
+                      ) -> np.ndarray:
+    """Satterthwaite degrees of freedom of each fixed effect of a linear mixed model fitted by REML (GLS).
+
+    ``V = diag(known) + sum_k variances[k] * components[k]``: ``known`` is a known variance per observation (the
+    first-level SEs squared; zeros for a model whose residual variance is one of the components) and
+    ``components`` are the covariance patterns of the REML variances (``Z Z'`` of a random intercept, the
+    identity of a residual). The df is ``2 g^2 / (grad g' A grad g)`` with ``g`` the coefficient's variance as a
+    function of the variances and ``A`` the inverse REML (expected) information, as lmerTest does for lme4: the
+    one df rule of both spectroscopy group models. A variance on the boundary (0) contributes no gradient (on
+    the standard-deviation scale its derivative is zero, as in lmerTest for a singular fit); the others keep
+    their uncertainty from the full information (the trade-off between them stays). Without that rule the df
+    stayed at the within-subject residual count (2 with 4 subjects) when all variance was first-level, and the
+    null test never rejected (0 of 1000 studies at p < 0.05). Clipped to [1, observations x 1000] (every
+    variance known or on the boundary: in effect a z test).
+    """
+    x = np.asarray(x, float)
+    n = x.shape[0]
+    v = np.diag(np.asarray(known, float)) + sum(t * c for t, c in zip(variances, components))
+    vi = np.linalg.inv(v)
+    m_inv = np.linalg.inv(x.T @ vi @ x)
+    upper = 1000.0 * n
+    active = np.array([t > 0 for t in variances], float)
+    if not active.any():
+        return np.full(x.shape[1], upper)
+    p_mat = vi - vi @ x @ m_inv @ x.T @ vi
+    pv = [p_mat @ c for c in components]
+    info = np.array([[0.5 * np.sum(a * b.T) for b in pv] for a in pv])  # 0.5 tr(P V_k P V_l)
+    a_cov = np.linalg.pinv(info)
+    # d cov(beta) / d variance_k = M^-1 X' V^-1 V_k V^-1 X M^-1
+    vix = vi @ x @ m_inv
+    grads = np.stack([np.einsum("ij,ik,kj->j", vix, c, vix) for c in components], axis=1) * active
+    g = np.diag(m_inv)
+    denom = np.einsum("jk,kl,jl->j", grads, a_cov, grads)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denom > 0, 2 * g**2 / denom, upper)
+    return np.clip(df, 1.0, upper)
 
 
 def satterthwaite_df(x: np.ndarray, se: np.ndarray, groups: np.ndarray, tau_u: float, tau_e: float
                      ) -> np.ndarray:
-    """Satterthwaite degrees of freedom of each fixed effect of :func:`reml_known_variance`'s model.
-
-    ``2 g^2 / (grad g' A grad g)`` with ``g`` the coefficient's variance as a function of (tau_u^2, tau_e^2) and
-    ``A`` the inverse REML (expected) information of the two variances, as lmerTest does for lme4. Why not the
-    sessions minus fixed effects: a pretreatment contrast is within subjects, so with few subjects and dominant
-    between-session variance that count is too large (p < 0.05 in 12 % of 4-subject null studies), while with
-    dominant known first-level variances it is too small (0.6 %); the Satterthwaite count follows where the
-    variance comes from. Clipped to [1, sessions x 1000] (a known variance: in effect a z test).
-    """
-    x, se = np.asarray(x, float), np.asarray(se, float)
+    """:func:`satterthwaite_dof` of :func:`reml_known_variance`'s model (known ``se``, subject ``tau_u``,
+    session ``tau_e``). Why not the sessions minus fixed effects: a pretreatment contrast is within subjects, so
+    with few subjects and dominant between-session variance that count is too large (p < 0.05 in 12 % of
+    4-subject null studies), while with dominant known first-level variances it is too small."""
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     z = (inverse[:, None] == np.arange(inverse.max() + 1)[None, :]).astype(float)
-    n = x.shape[0]
-    components = (z @ z.T, np.eye(n))
-    v = np.diag(se**2 + tau_e) + tau_u * components[0]
-    vi = np.linalg.inv(v)
-    m_inv = np.linalg.inv(x.T @ vi @ x)
-    p_mat = vi - vi @ x @ m_inv @ x.T @ vi
-    info = np.array([[0.5 * np.trace(p_mat @ a @ p_mat @ b) for b in components] for a in components])
-    a_cov = np.linalg.pinv(info)
-    # d cov(beta) / d tau_k = M^-1 X' V^-1 V_k V^-1 X M^-1
-    grads = np.stack([np.diag(m_inv @ x.T @ vi @ vk @ vi @ x @ m_inv) for vk in components], axis=1)
-    g = np.diag(m_inv)
-    denom = np.einsum("jk,kl,jl->j", grads, a_cov, grads)
-    upper = 1000.0 * n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(denom > 0, 2 * g**2 / denom, upper)
-    return np.clip(df, 1.0, upper)
+    return satterthwaite_dof(x, np.asarray(se, float) ** 2, [z @ z.T, np.eye(len(inverse))], [tau_u, tau_e])
 
 
 def summary_model(frame: pd.DataFrame, outcome: str, quantity: str, rhs: str, terms: dict[str, str]
@@ -144,20 +166,13 @@ def fit_time_model_group(sessions: pd.DataFrame, outcome: str, *, level: str = "
     design falls back as the block-wise model does (no sex terms without two sexes, period dropped when it is
     confounded with sex x pretreatment).
     """
-    from bids_ketamine.spectroscopy.group import _first_full_rank
+    from bids_ketamine.spectroscopy.group import _first_full_rank, design_candidates
 
     out = []
     for quantity, terms, with_period in ((slope, SLOPE_TERMS, False), (level, LEVEL_TERMS, True)):
         d = sessions[sessions["parameter"] == quantity].copy()
         if d.empty:
             continue
-        usable_nal = "nal" in d and d["nal"].notna().all() and d["nal"].nunique() > 1
-        usable_sex = "sex_c" in d and d["sex_c"].notna().all() and d["sex_c"].nunique() > 1
-        rhs = ("nal * sex_c" if usable_nal and usable_sex else "nal" if usable_nal else "sex_c" if usable_sex
-               else "1")
-        candidates = [rhs] + (["nal + sex_c", "nal"] if rhs == "nal * sex_c" else [])
-        if with_period and "period" in d and d["period"].notna().all() and d["period"].nunique() > 1:
-            candidates.insert(0, rhs + " + C(period)")
-        rhs = _first_full_rank(d, candidates, outcome)
+        rhs = _first_full_rank(d, design_candidates(d, time=False, with_period=with_period), outcome)
         out.append(summary_model(d, outcome, quantity, rhs, terms))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
