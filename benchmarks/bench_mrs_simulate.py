@@ -39,7 +39,7 @@ def main() -> int:
                                                   mixing_time=0.0, dwell_time=8.33e-5, n_points=4096)),
              ("3T sLASER TE 35 ms, 2048 pts", dict(spectrometer_frequency=123.2, echo_time=0.035,
                                                    sequence="sLASER", dwell_time=2.5e-4, n_points=2048))]
-    print(f"default basis: {len(DEFAULT_METABOLITES)} metabolites + macromolecule components")
+    print(f"default basis: {len(DEFAULT_METABOLITES)} metabolites (macromolecules are the fit model)")
     for label, kw in cases:
         cold = []
         for _ in range(args.repeats):

@@ -114,7 +114,10 @@ class StudyDesign(_Strict):
 
 
 PARTICIPANT_TABLE_COLUMNS = ("participant_id", "site", "sex", "age", "arm", "cohort", "madrs_baseline",
-                             "madrs_24h", "outcome")
+                             "madrs_24h", "outcome", "site_known")
+#: Site of every participant of a participants.tsv without a site column (one site); ``site_known`` is then False,
+#: so a frozen model never takes such a participant for one of its training sites of the same name.
+DEFAULT_SITE = "site1"
 SESSION_TABLE_COLUMNS = ("participant_id", "session_id", "condition", "pretreatment", "period", "madrs_baseline",
                          "madrs_24h")
 
@@ -195,7 +198,8 @@ def participants_table(bids_dir: Path, design: StudyDesign) -> pd.DataFrame:
     for field in ("site", "sex", "age", "arm", "cohort"):
         _require(raw, getattr(cols, field), f"participants.{field}", path)
     out = pd.DataFrame({"participant_id": _strip("sub-", raw["participant_id"])})
-    out["site"] = raw[cols.site].astype(str) if cols.site else "site1"
+    out["site"] = raw[cols.site].astype(str) if cols.site else DEFAULT_SITE
+    out["site_known"] = cols.site is not None
     if cols.sex:
         sex = raw[cols.sex].str.strip().str.lower().map(lambda v: design.sex_values.get(v, np.nan)
                                                         if isinstance(v, str) else np.nan)

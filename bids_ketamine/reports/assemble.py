@@ -6,11 +6,14 @@ lists the expected items that the run did not produce.
 
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bids_ketamine.reports.collect import OutputFolder, exclusion_notes, read_sidecar, table_exclusions
+from bids_ketamine.reports.collect import (OutputFolder, _is_sidecar, exclusion_notes, read_sidecar,
+                                          table_exclusions)
 from bids_ketamine.reports.numbers import NUMBER_IN_TEXT, format_cell, format_volume_mm3
 from bids_ketamine.reports.render import (
     Block,
@@ -64,6 +67,13 @@ def sort_outputs(folder: OutputFolder, files: list[Path], owners: dict[str, str]
                 result.provenance_gaps.append(f"{rel}: its sidecar does not name its sources and the version that "
                                               "made it")
             result.exclusions.extend(f"{rel}: {note}" for note in exclusion_notes(sidecar))
+        if path.suffix == ".json" and not _is_sidecar(path):  # a JSON result may carry warnings (a flagged
+            try:                                                 # model prediction)
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                data = None
+            if isinstance(data, dict):
+                result.exclusions.extend(f"{rel}: {note}" for note in exclusion_notes(data))
         if path.suffix == ".tsv":
             result.exclusions.extend(f"{rel}: {note}" for note in table_exclusions(path))
     return result

@@ -172,8 +172,33 @@ def _join(parts: list[str | None]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _anatomy_text(anatomy: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The template space(s) the participants' maps are in, and how TIV was obtained, from the morph sidecars
+    (``structural.participant.anatomy_provenance``); the spaces actually used, never an assumed one."""
+    spaces = (anatomy or {}).get("spaces") or {}
+    if not spaces:
+        space = "MNI space"
+    elif len(spaces) == 1:
+        space = f"{next(iter(spaces))} space"
+    else:
+        space = "template space (" + ", ".join(f"{k}: {v} participants" for k, v in sorted(spaces.items())) + ")"
+    sources = (anatomy or {}).get("sources") or {}
+    parts = []
+    if sources.get("builtin"):
+        stripped = int(anatomy.get("n_skull_stripped") or 0)
+        parts.append(f"For the {sources['builtin']} participant(s) processed by the built-in pipeline, TIV is the "
+                     "volume of the MNI152 brain mask warped to the participant by the SyN registration (CSF + GM + "
+                     "WM probability inside it), not a segmentation of the skull; "
+                     + (f"{stripped} of them had skull-stripped inputs (detected: their foreground lay within the "
+                        "template's brain after an affine registration) and were registered to the template's brain "
+                        "instead of its head." if stripped else "none of their inputs was skull-stripped."))
+    for source, methods in sorted(((anatomy or {}).get("tiv_methods") or {}).items()):
+        parts.append(f"TIV of the {source} participants: " + "; ".join(methods) + ".")
+    return space, " ".join(parts) or None
+
+
 def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
-                     scored: list[str] | None = None) -> list[str]:
+                     scored: list[str] | None = None, anatomy: dict[str, Any] | None = None) -> list[str]:
     atlas = p.text("atlas_name", "atlas")
     atlas = f"the {atlas} atlas" if atlas else ("the default Desikan-Killiany atlas [desikan] (with left and right "
                                                 "cerebellum)")
@@ -193,10 +218,11 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                        "brain extraction, three-class segmentation and SyN registration to the MNI152 template "
                        "[ants]).")
     voxel = p.get("feature_type") == "voxel"
+    space, tiv_text = _anatomy_text(anatomy)
     paras = [_join([
         "Grey-matter (GM) features were derived from each participant's pre-treatment T1-weighted image.",
         source_text,
-        "GM probability maps in MNI152NLin2009cAsym space were modulated by the Jacobian determinant of the "
+        f"GM probability maps in {space} were modulated by the Jacobian determinant of the "
         "normalisation" + (f" at {res} resolution" if res else "") + (f", smoothed with a {fwhm} FWHM kernel"
                                                                        if fwhm else "") + ",",
         (f"and summarised as regional GM volumes (mm³) on {atlas}; total intracranial volume (TIV) was "
@@ -206,6 +232,7 @@ def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
          + f"averaged onto an isotropic {_fmt(p.get('voxel_size_mm') or 4)} mm MNI152 grid and masked with "
          "the MNI152 GM template (probability > 0.2) [nilearn]; total intracranial volume (TIV) was recorded for "
          "each participant."),
+        tiv_text,
     ])]
     if ran_group:
         response = design.get("response") or {}
@@ -365,7 +392,8 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
     aligned. Each value is the set of what the acquisitions recorded (one element when all agree).
     """
     record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
-                                                 "lipids", "water_removal", "priors", "sign")}
+                                                 "lipids", "water_removal", "priors", "sign", "press_te1",
+                                                 "intrinsic_linewidth")}
     for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsfit.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -383,6 +411,10 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
         removal = [r for r in data.get("ResidualWaterRemoval") or [] if r]
         record["water_removal"].add(removal[0].get("Method") if removal else None)
         record["priors"].add(bool(data.get("RatioPriors")))
+        basis = data.get("Basis") or {}
+        if basis.get("PressTE1"):
+            record["press_te1"].add(float(basis["PressTE1"]))
+        record["intrinsic_linewidth"].add(bool(basis.get("IntrinsicLinewidthHz")))
         sign = data.get("SignConvention") or {}
         if sign:
             record["sign"].add(sign.get("Decision"))
@@ -482,8 +514,14 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                           "NAA, creatine and choline singlets after water removal")
     basis_source = p.get("basis.source")
     sequence = p.get("basis.sequence", "sequence")
+    te1 = sorted(rec.get("press_te1") or ())
+    te1_text = (f", PRESS first echo time {' / '.join(_fmt(1000 * t) for t in te1)} ms" if te1 else "")
     basis_text = ("simulated basis spectra [govindaraju2000]" + (f" ({sequence} sequence)" if sequence and
                                                                    sequence != "auto" else "")
+                  + (f" (ideal pulses{te1_text}"
+                     + (", each metabolite with its homogeneous line width 1/(πT2)"
+                        if True in rec.get("intrinsic_linewidth", set()) else "") + ")"
+                     if te1_text or True in rec.get("intrinsic_linewidth", set()) else "")
                   if basis_source in (None, "simulate") else f"basis spectra read from the user's {basis_source} "
                   "basis set")
     crlb = p.text("max_crlb_percent", unit=" %")
@@ -645,7 +683,10 @@ def build_methods(output_dir: str | Path, *, subjects: list[str] | None = None) 
         methods.sidecar_parameters[analysis] = extra
         lookup = _Lookup({**extra, **flat})
         if analysis == "structural":
-            paras = _structural_text(lookup, design, analysis in group, _scored_cohorts(folder))
+            from bids_ketamine.structural.participant import anatomy_provenance
+
+            paras = _structural_text(lookup, design, analysis in group, _scored_cohorts(folder),
+                                     anatomy_provenance(folder.root))
         elif analysis == "connectivity":
             paras = _connectivity_text(lookup, analysis in group) + _fd_fallback_text(folder)
         else:

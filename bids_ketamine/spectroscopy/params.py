@@ -41,7 +41,14 @@ class BasisParams(BaseModel):
     sequence: Literal["auto", "PRESS", "STEAM", "sLASER"] = Field(
         "auto", description="Sequence to simulate; auto = PulseSequenceType of the sidecar, else PRESS.")
     mixing_time: float | None = Field(None, ge=0, description="STEAM mixing time TM (s); None = sidecar or 0.")
-    macromolecules: bool = Field(True, description="Add the Gaussian macromolecule components to a simulated basis.")
+    metabolites: tuple[str, ...] | None = Field(
+        None, description="Metabolites of the simulated basis; None = simulate.DEFAULT_METABOLITES, LCModel's 17 of "
+        "its recommended brain basis (NAA, NAAG, Cr, PCr, GPC, PCh, mI, sI, Glu, Gln, GABA, GSH, Lac, Asp, Tau, Ala, "
+        "Glc); PE, Gly and Asc are available (e.g. add them for a region or condition where they are expected).")
+    press_te1: float | None = Field(
+        None, gt=0, description="PRESS first echo time TE1 (s) of the simulation; None = min(11 ms, TE/2), as real "
+        "PRESS sequences are asymmetric (NIfTI-MRS has no sidecar key for it; set it when the protocol states it). "
+        "Recorded in the sidecar (Basis.PressTE1) and the methods.")
 
 
 class SpectroscopyParams(BaseModel):

@@ -99,9 +99,20 @@ def load_basis(params: SpectroscopyParams, data: MrsData):
         sequence = {"STEAM": "STEAM", "SLASER": "sLASER", "SEMILASER": "sLASER", "LASER": "sLASER"}.get(declared,
                                                                                                           "PRESS")
     tm = bp.mixing_time if bp.mixing_time is not None else data.metadata.get("MixingTime")
+    from bids_ketamine.errors import UsageError
+    from bids_ketamine.spectroscopy.simulate import DEFAULT_METABOLITES, load_spin_systems
+
+    metabolites = tuple(bp.metabolites) if bp.metabolites else DEFAULT_METABOLITES
+    known = load_spin_systems()["metabolites"]
+    unknown = [m for m in metabolites if m not in known]
+    if unknown:
+        raise UsageError(f"spectroscopy.basis.metabolites names metabolites without a spin system: "
+                         f"{', '.join(unknown)}", fix=f"choose among {', '.join(sorted(known))}")
     return simulate_basis(spectrometer_frequency=data.spectrometer_frequency, echo_time=data.echo_time,
+                          metabolites=metabolites,
                           sequence=sequence, mixing_time=None if tm is None else float(tm),
-                          dwell_time=data.dwell_time, n_points=data.n_points, macromolecules=bp.macromolecules)
+                          dwell_time=data.dwell_time, n_points=data.n_points,
+                          te1=bp.press_te1 if sequence == "PRESS" else None)
 
 
 def preprocess_acquisition(acq: MrsAcquisition, params: SpectroscopyParams, design=None):

@@ -33,11 +33,35 @@ from bids_ketamine.spectroscopy.basis import WATER_PPM, BasisSet
 
 Sequence = Literal["PRESS", "STEAM", "sLASER"]
 #: Version of the simulation code; part of the cache key so a change never serves stale spectra.
-SIMULATION_VERSION = "2"
+SIMULATION_VERSION = "3"
 GAMMA_1H_MHZ_PER_T = 42.577478
-#: The default metabolite set (about 20, those of the usual brain basis sets).
+#: The default metabolite set: the 17 of LCModel's recommended brain basis sets (Ala, Asp, Cr, PCr, GABA, Glc,
+#: Gln, Glu, GPC, PCh, GSH, Ins, Lac, NAA, NAAG, Scyllo, Tau; Provencher's basis-set README), so the default fit
+#: has the components LCModel's default fit has.
 DEFAULT_METABOLITES = ("NAA", "NAAG", "Cr", "PCr", "GPC", "PCh", "mI", "sI", "Glu", "Gln", "GABA", "GSH", "Lac",
-                       "Asp", "Tau", "Ala", "Glc", "PE", "Gly", "Asc")
+                       "Asp", "Tau", "Ala", "Glc")
+#: Further metabolites with spin systems in the package, simulated on request (``spectroscopy.basis.metabolites``).
+#: Not in the default: LCModel ships them only in its "all" basis sets, to be omitted unless expected in the
+#: spectrum, and LCModel has no soft constraint for them; with them in the fit, PE (0.63 x tCr), Gly and Asc took
+#: choline and myo-inositol signal on lcmodel_test_lcm (tCho -20 %, mI -20 % of LCModel's).
+OPTIONAL_METABOLITES = ("PE", "Gly", "Asc")
+#: PRESS first echo time (s) when neither the config nor the sidecar gives one: real PRESS sequences are
+#: asymmetric with a short first echo (ISMRM 2016 challenge: TE1/TE2 = 11/19 ms; spant's default, with which
+#: LCModel's ``3t.basis`` of lcmodel_test_lcm was made, 10/20 ms), and at TE 30 ms the split changes the
+#: Glu/Gln/mI multiplets. NIfTI-MRS defines no sidecar key for it.
+DEFAULT_PRESS_TE1 = 0.011
+
+
+def press_first_echo_time(echo_time: float, te1: float | None = None) -> float:
+    """The PRESS first echo time TE1 (s) a simulation uses: ``te1`` when given, else min(11 ms, TE/2).
+
+    The one place this is decided: the CLI's basis (``spectroscopy.basis.press_te1``), the synthetic study and
+    the benchmarks all simulate through :func:`simulate_basis`, which calls this."""
+    if te1 is None:
+        return min(DEFAULT_PRESS_TE1, echo_time / 2)
+    if not 0 < te1 < echo_time:
+        raise ValueError(f"PRESS first echo time {te1} s must lie between 0 and the echo time {echo_time} s")
+    return float(te1)
 
 
 @lru_cache(maxsize=1)
@@ -211,23 +235,16 @@ def simulate_metabolite(name: str, *, spectrometer_frequency: float, dwell_time:
     return fid
 
 
-def macromolecule_fids(*, spectrometer_frequency: float, dwell_time: float, n_points: int,
-                       names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Broad Gaussian macromolecule components (amplitude = protons at t = 0), positions from the package data."""
-    comps = load_spin_systems()["macromolecules"]["components"]
-    time = np.arange(n_points) * dwell_time
-    out = {}
-    for name, parts in comps.items():
-        if names is not None and name not in names:
-            continue
-        fid = np.zeros(n_points, complex)
-        for ppm, fwhm_ppm, amp in parts:
-            fwhm_hz = fwhm_ppm * spectrometer_frequency
-            # Gaussian line of FWHM w: exp(-(pi w t)^2 / (4 ln 2))
-            decay = np.exp(-((np.pi * fwhm_hz * time) ** 2) / (4 * np.log(2)))
-            fid += amp * decay * np.exp(2j * np.pi * (ppm - WATER_PPM) * spectrometer_frequency * time)
-        out[name] = fid
-    return out
+def intrinsic_linewidths_hz(metabolites: tuple[str, ...], spectrometer_frequency: float) -> dict[str, float]:
+    """Homogeneous line width (Lorentzian FWHM, Hz) of each metabolite, 1/(pi T2).
+
+    The T2s are those of water scaling (:func:`bids_ketamine.spectroscopy.quantify.relaxation_times_for_field`,
+    the one table of relaxation times), at the field of ``spectrometer_frequency``: at 3T NAA 1.29 Hz,
+    Cr 1.96 Hz, Cho 1.54 Hz, the others 1.99 Hz (T2 160 ms)."""
+    from bids_ketamine.spectroscopy.quantify import relaxation_times_for_field
+
+    relax = relaxation_times_for_field(spectrometer_frequency / GAMMA_1H_MHZ_PER_T)
+    return {name: 1.0 / (np.pi * relax.metabolite(name)[1]) for name in metabolites}
 
 
 # ------------------------------------------------------------------------------------------------ cache and API
@@ -255,14 +272,23 @@ def cache_dir() -> Path:
 def simulate_basis(*, field_strength: float | None = None, spectrometer_frequency: float | None = None,
                    echo_time: float = 0.030, sequence: str = "PRESS", mixing_time: float | None = None,
                    dwell_time: float = 2.5e-4, n_points: int = 2048,
-                   metabolites: tuple[str, ...] = DEFAULT_METABOLITES, macromolecules: bool = True,
-                   linewidth_hz: float = 0.0, use_cache: bool = True, te1: float | None = None) -> BasisSet:
+                   metabolites: tuple[str, ...] = DEFAULT_METABOLITES,
+                   linewidth_hz: float = 0.0, use_cache: bool = True, te1: float | None = None,
+                   intrinsic_linewidths: bool = True) -> BasisSet:
     """Simulated brain basis set for one acquisition, cached on disk after the first call.
 
     Give ``spectrometer_frequency`` (MHz) or ``field_strength`` (T). ``echo_time`` and ``mixing_time`` in seconds.
-    ``te1`` (s): PRESS first echo time; None = TE/2 (symmetric). Real PRESS sequences are asymmetric (ISMRM 2016
-    challenge: TE1/TE2 = 11/19 ms; spant's default 10/20 ms, with which LCModel's ``3t.basis`` of
-    lcmodel_test_lcm was made), and the split changes the Glu/Gln/mI multiplets at TE 30 ms.
+    ``te1`` (s): PRESS first echo time; None = :func:`press_first_echo_time`'s default, min(11 ms, TE/2)
+    (real PRESS sequences are asymmetric). Ignored for STEAM and sLASER.
+    ``intrinsic_linewidths``: each metabolite's FID decays with its homogeneous (T2) line width, a Lorentzian
+    of FWHM 1/(pi T2) (:func:`intrinsic_linewidths_hz`), so NAA is narrower than creatine as in a brain
+    spectrum; the amplitude at t = 0 (one proton = 1) is unchanged. Without it every line is a delta and the
+    fit's one shared broadening makes NAA as broad as creatine (tNAA/tCr +15-19 % on lcmodel_test_lcm).
+
+    The basis has metabolites only: macromolecules and lipids are the fit's model
+    (:mod:`bids_ketamine.spectroscopy.macromolecules`, LCModel's components with its soft constraints), the one
+    MM model of the app. (Until simulation version 3 this basis carried its own MM09-MM38 Gaussians; MM23 and
+    MM38 had no constraint and took Glu/Gln signal: Glx/tCr -21 % on lcmodel_test_lcm.)
     """
     if spectrometer_frequency is None:
         if field_strength is None:
@@ -270,11 +296,13 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         spectrometer_frequency = field_strength * GAMMA_1H_MHZ_PER_T
     if sequence.upper() == "STEAM" and mixing_time is None:
         mixing_time = 0.0
+    te1 = press_first_echo_time(echo_time, te1) if sequence.upper() == "PRESS" else None
     table = load_spin_systems()
+    widths = intrinsic_linewidths_hz(metabolites, spectrometer_frequency) if intrinsic_linewidths else {}
     key_src = json.dumps({"v": SIMULATION_VERSION, "table": table, "sf": round(spectrometer_frequency, 6),
                           "te": echo_time, "tm": mixing_time, "seq": sequence.upper(), "dt": dwell_time,
-                          "n": n_points, "m": list(metabolites), "mm": macromolecules, "lw": linewidth_hz,
-                          **({} if te1 is None else {"te1": te1})},
+                          "n": n_points, "m": list(metabolites), "lw": linewidth_hz,
+                          "te1": te1, "t2lw": widths},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     path = None
@@ -287,7 +315,7 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         try:
             with np.load(path, allow_pickle=False) as z:
                 return BasisSet(tuple(str(n) for n in z["names"]), z["fids"], dwell_time, spectrometer_frequency,
-                                metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, True))
+                                metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, True, te1, widths))
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed
     names, fids = [], []
@@ -295,12 +323,8 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         names.append(name)
         fids.append(simulate_metabolite(name, spectrometer_frequency=spectrometer_frequency, dwell_time=dwell_time,
                                         n_points=n_points, sequence=sequence, echo_time=echo_time,
-                                        mixing_time=mixing_time, linewidth_hz=linewidth_hz, te1=te1))
-    if macromolecules:
-        for name, fid in macromolecule_fids(spectrometer_frequency=spectrometer_frequency, dwell_time=dwell_time,
-                                            n_points=n_points).items():
-            names.append(name)
-            fids.append(fid)
+                                        mixing_time=mixing_time, linewidth_hz=linewidth_hz + widths.get(name, 0.0),
+                                        te1=te1))
     arr = np.asarray(fids)
     if path is not None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
@@ -311,11 +335,12 @@ def simulate_basis(*, field_strength: float | None = None, spectrometer_frequenc
         except OSError:
             Path(tmp).unlink(missing_ok=True)
     return BasisSet(tuple(names), arr, dwell_time, spectrometer_frequency,
-                    metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, False))
+                    metadata=_metadata(sequence, echo_time, mixing_time, linewidth_hz, False, te1, widths))
 
 
-def _metadata(sequence, echo_time, mixing_time, linewidth_hz, cached) -> dict:
+def _metadata(sequence, echo_time, mixing_time, linewidth_hz, cached, te1, widths) -> dict:
     return {"Source": "simulated (bids_ketamine density-matrix simulation, ideal pulses)",
-            "Sequence": sequence, "EchoTime": echo_time, "MixingTime": mixing_time,
+            "Sequence": sequence, "EchoTime": echo_time, "MixingTime": mixing_time, "PressTE1": te1,
+            "IntrinsicLinewidthHz": {k: round(v, 4) for k, v in widths.items()},
             "LinewidthHz": linewidth_hz, "SpinSystems": "Govindaraju et al. 2000; Govind et al. 2015",
             "FromCache": cached}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.errors import MissingInputError
+from bids_ketamine.errors import BadDataError, MissingInputError
 
 LOG = logging.getLogger("bids_ketamine")
 DATATYPE = "structural"
@@ -26,7 +26,8 @@ APPLIED_COLUMNS = {
     "ood_features": "True: feature_distance above every training subject's (out of distribution).",
     "ood_age": "True: age outside the training range.",
     "ood_tiv": "True: total intracranial volume outside the training range.",
-    "unseen_site": "True: the site was not in the training data.",
+    "site_unknown": "True: participants.tsv has no site column; never matched to a training site, not harmonised.",
+    "unseen_site": "True: the site was not in the training data (or is unknown).",
     "harmonisation": "How the participant's site was harmonised.",
     "flags": "Readable list of the flags set (empty: none).",
 }
@@ -34,6 +35,17 @@ APPLIED_COLUMNS = {
 
 #: Cohort label of scored participants that the design would call "discovery" (they are not the training cohort).
 APPLIED_COHORT = "applied"
+
+
+def model_feature_type(reference: dict, params) -> str:
+    """The feature type to read (voxel or regional): the model's own, never the config's default. A
+    ``structural.feature_type`` the config sets explicitly and that differs is refused with one line, as the atlas."""
+    trained = reference.get("feature_type", "regional")
+    if "feature_type" in params.model_fields_set and params.feature_type != trained:
+        raise BadDataError(f"structural.feature_type = {params.feature_type!r} but the model was trained on "
+                           f"{trained} features", path=params.model_file,
+                           fix=f"remove structural.feature_type or set it to {trained!r} to apply this model")
+    return trained
 
 
 def model_atlas(reference: dict, output_dir: Path, *, configured: str | None, model_file=None) -> str:
@@ -66,15 +78,16 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     from bids_ketamine.structural.group import PROBABILITY_COLUMNS, covariate_column, prediction_columns
     from bids_ketamine.structural.interpret import score_contributions
     from bids_ketamine.structural.model import model_frame
-    from bids_ketamine.structural.participant import load_regional_features, morph_tables
-    from bids_ketamine.structural.predict import check_compatible, score_participants
+    from bids_ketamine.structural.participant import load_regional_features, morph_tables, one_template_space
+    from bids_ketamine.structural.predict import check_compatible, score_participants, scoring_sites
 
     bundle = load_bundle(params.model_file)
     ref = bundle.reference
+    model_feature_type(ref, params)  # refuse a configured feature type that is not the model's, before reading
     atlas = model_atlas(ref, output_dir, configured=params.anat.atlas_name, model_file=params.model_file)
     features, info = load_regional_features(output_dir, atlas)
     paths = morph_tables(output_dir, atlas)
-    if params.feature_type == "voxel":
+    if model_feature_type(ref, params) == "voxel":
         from bids_ketamine.structural.voxel_features import grid_from_columns, load_voxel_features, mni_grid
 
         vgrid = ref.get("voxel_grid")
@@ -85,6 +98,12 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
                                        sessions=info["session"].dropna().to_dict())
     check_compatible(ref, atlas=atlas, regions=list(features.columns),
                      feature_source=[str(s) for s in info["feature_source"].dropna()], path=paths[0])
+    space = one_template_space(info["template_space"], paths[0])
+    trained_space = ref.get("template_space")
+    if trained_space and space and space != trained_space:
+        raise BadDataError(f"the grey-matter maps are in template space {space}, the model was trained on maps in "
+                           f"{trained_space}", path=paths[0],
+                           fix="extract the features with the model's source (see the model card)")
     table = participants.merge(info[["tiv_mm3"]], left_on="participant_id", right_index=True, how="inner")
     if table.empty:
         raise MissingInputError("no participant with grey-matter features is in participants.tsv",
@@ -94,7 +113,7 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     names = [c.removeprefix("__cov_").removesuffix("__") for c in ref["covariates"]]
     covariates = pd.DataFrame({n: covariate_column(table, n) for n in names}, index=table.index)
     scored = score_participants(bundle, features, table, covariates, ci=params.ci_level)
-    frame = model_frame(features.reset_index(drop=True), table["site"].fillna("n/a").to_numpy(),
+    frame = model_frame(features.reset_index(drop=True), scoring_sites(table),
                         covariates.reset_index(drop=True) if names else None)
     frame.index = features.index
     import warnings
@@ -128,6 +147,8 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
             "training_cohort": card["training_cohort"], "metrics": card["metrics"],
             "limitations": card["limitations"],
         }
+        if row["flags"]:  # read into the reports' warnings sections (participant and group)
+            summary["Warnings"] = [f"model prediction flagged: {row['flags']}"]
         figure_args = dict(score=float(row["score"]), probability=float(row["probability"]),
                              interval=(float(row["probability_low"]), float(row["probability_high"])),
                              slope=cal["slope"], intercept=cal["intercept"], boot_slopes=np.asarray(cal["boot_slopes"]),

@@ -7,7 +7,14 @@ gives a first mask; SyN registration of the masked brain (initialised by the aff
 segmentation inside the refined mask with the template's CSF/GM/WM probabilities as priors (weight 0.25, so the
 data decide and the priors only break ties such as the cerebellum's GM/WM contrast); GM warped to MNI and
 Jacobian-modulated (GM x det of the MNI-to-T1w map: affine determinant x SyN warp determinant), which preserves the
-subject's GM volume. TIV is the CSF + GM + WM probability inside the brain mask.
+subject's GM volume. TIV is the CSF + GM + WM probability inside the brain mask, i.e. the volume of the template's
+brain mask warped to the subject (registration-based, as eTIV or atlas scaling; the skull itself is not segmented).
+
+Skull-stripped inputs (ds002748's T1w are): after the first affine, the share of the image's foreground that lies
+outside the template's (dilated) brain mask tells a whole head (scalp, skull, neck: about half the foreground) from a
+brain alone (a few per cent). A stripped brain is then registered to the template's *brain* rather than its whole
+head, because an affine of a brain onto a head scales the brain up to fill the scalp; TIV is then still the warped
+template brain mask, and the sidecar and methods say so.
 
 Working at 2 mm in subject space keeps N4 and Atropos to seconds; regional volumes at atlas scale do not need more.
 ANTs' random sampling is seeded; with one thread (the default of the participant level) the result is
@@ -47,8 +54,42 @@ class BuiltinResult:
     csf_native_mm3: float
     #: Correlation of the registered T1w with the template inside the template's brain mask (registration QC).
     template_correlation: float
+    #: Share of the T1w's foreground outside the template's dilated brain mask after the head affine.
+    foreground_outside_brain: float
+    #: The input had no scalp/skull (``foreground_outside_brain`` below :data:`SKULL_STRIPPED_MAX_OUTSIDE`).
+    skull_stripped: bool
     #: Seconds per step.
     timings: dict
+
+    @property
+    def tiv_method(self) -> str:
+        return tiv_method_text(self.skull_stripped, self.foreground_outside_brain)
+
+
+#: A whole-head T1w has about half its foreground outside the brain (scalp, skull, neck); a skull-stripped one a few
+#: per cent (the stripping margin and registration error). Measured: ds002748 sub-01 (stripped) 0.003, the
+#: synthetic generator's T1w 0.0 (stripped) and 0.32 with ``whole_head`` (an 8 mm scalp shell, no neck).
+SKULL_STRIPPED_MAX_OUTSIDE = 0.15
+
+
+def is_skull_stripped(foreground: np.ndarray, brain_mask: np.ndarray) -> tuple[bool, float]:
+    """Whether a T1w is skull-stripped, from its foreground and the template brain mask on the same grid (after
+    an affine): ``(stripped, share of the foreground outside the mask)``."""
+    foreground = np.asarray(foreground, dtype=bool)
+    if not foreground.any():
+        return False, float("nan")
+    outside = float(np.count_nonzero(foreground & ~np.asarray(brain_mask, dtype=bool)) / np.count_nonzero(foreground))
+    return outside < SKULL_STRIPPED_MAX_OUTSIDE, outside
+
+
+def tiv_method_text(skull_stripped: bool, outside: float) -> str:
+    """How the built-in pipeline obtained TIV, as the sidecar (``TIVMethod``) and the methods state it."""
+    base = ("volume of the MNI152 brain mask warped to the subject by the SyN registration (= CSF + GM + WM "
+            "probability inside it, subject space)")
+    if skull_stripped:
+        return (f"skull-stripped input ({outside:.0%} of its foreground outside the template brain): registered to "
+                f"the template's brain, not its head; TIV = {base}")
+    return f"whole-head input: TIV = {base}"
 
 
 def _ants_threads(n_threads: int) -> None:
@@ -140,16 +181,29 @@ def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, re
     tick("n4")
 
     prefix = str(work_dir / "builtin_")
-    # 1) affine of the whole head to the brain template: enough for a first, generous brain mask
-    affine = ants.registration(fixed=template, moving=t1, type_of_transform="Affine", outprefix=prefix + "aff_",
-                               aff_iterations=(400, 200, 100, 0), aff_shrink_factors=(6, 4, 2, 1),
-                               aff_smoothing_sigmas=(3, 2, 1, 0))
+
+    def head_affine(fixed):
+        return ants.registration(fixed=fixed, moving=t1, type_of_transform="Affine", outprefix=prefix + "aff_",
+                                 aff_iterations=(400, 200, 100, 0), aff_shrink_factors=(6, 4, 2, 1),
+                                 aff_smoothing_sigmas=(3, 2, 1, 0))
+
+    def brain_mask_of(transform):
+        warped = ants.apply_transforms(fixed=t1, moving=template_mask, transformlist=transform["fwdtransforms"],
+                                       whichtoinvert=[True], interpolator="linear")
+        return ants.iMath(warped.threshold_image(0.5, 2.0), "MD", 2)
+
+    # 1) affine of the whole head to the template: enough for a first, generous brain mask, and to see whether the
+    # input still has its scalp (a stripped brain is then registered again, to the template's brain alone)
+    affine = head_affine(template)
+    mask0 = brain_mask_of(affine)
+    foreground = t1.numpy() > _otsu(t1.numpy()) * 0.5
+    stripped, outside = is_skull_stripped(foreground, mask0.numpy() > 0.5)
+    if stripped:
+        affine = head_affine(template * template_mask)
+        mask0 = brain_mask_of(affine)
     tick("affine")
-    mask0 = ants.apply_transforms(fixed=t1, moving=template_mask, transformlist=affine["fwdtransforms"],
-                                  whichtoinvert=[True], interpolator="linear")
-    mask0 = ants.iMath(mask0.threshold_image(0.5, 2.0), "MD", 2)
     # 2) SyN of the masked brain, initialised by the affine
-    syn = ants.registration(fixed=template, moving=t1 * mask0, type_of_transform="SyNOnly",
+    syn = ants.registration(fixed=template * template_mask if stripped else template, moving=t1 * mask0, type_of_transform="SyNOnly",
                             initial_transform=affine["fwdtransforms"][0], reg_iterations=syn_iterations,
                             outprefix=prefix + "syn_")
     tick("syn")
@@ -190,7 +244,7 @@ def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, re
         gm_modulated_mni=nifti(gm_mni_data * jac), gm_mni=nifti(gm_mni_data), jacobian_mni=nifti(jac),
         t1w_mni=nifti(t1_mni.numpy()), tiv_mm3=csf_native + gm_native + wm_native, gm_native_mm3=gm_native,
         wm_native_mm3=wm_native, csf_native_mm3=csf_native, template_correlation=correlation,
-        timings=timings,
+        foreground_outside_brain=outside, skull_stripped=stripped, timings=timings,
     )
 
 

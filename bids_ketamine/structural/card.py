@@ -36,7 +36,7 @@ def _metric_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def build_bundle(results, *, params, atlas: str, feature_source: list[str], wording, seed: int,
-                 grid=None) -> ModelBundle:
+                 grid=None, template_space: str | None = None) -> ModelBundle:
     """The bundle of the final discovery model: pipeline, calibration, training reference and card."""
     table = results.training_table
     frame = results.training_frame
@@ -46,6 +46,7 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
                                    feature_source=feature_source, min_unseen_site_size=params.min_unseen_site_size)
     feature_type = "voxel" if grid is not None else "regional"
     reference["feature_type"] = feature_type
+    reference["template_space"] = template_space
     if grid is not None:
         reference["voxel_grid"] = {**grid.describe(), "fwhm_mm": params.voxel_fwhm_mm}
     pca = params.voxel_pca_variance if grid is not None else params.pca_variance
@@ -66,6 +67,7 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
                                                       "regional grey-matter volumes") + " of a pre-treatment T1w image.",
         "outcome": {"phrase": wording.phrase, "positive": wording.positive, "negative": wording.negative},
         "features": {"source": sorted({s for s in feature_source if s}), "atlas": atlas,
+                     "template_space": template_space,
                      "type": feature_type, "names": reference["feature_names"],
                      "units": "grey-matter volume, mm^3" + (" per grid voxel" if grid is not None else ""),
                      **({"voxel_grid": reference["voxel_grid"]} if grid is not None else {})},

@@ -295,7 +295,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     from bids_ketamine.structural.card import build_bundle
     from bids_ketamine.structural.figures import calibration_figure, confusion_figure, permutation_figure, \
         roc_figure
-    from bids_ketamine.structural.participant import load_regional_features
+    from bids_ketamine.structural.participant import load_regional_features, one_template_space
 
     output_dir = Path(output_dir)
     params = params if isinstance(params, StructuralParams) else StructuralParams.model_validate(params or {})
@@ -313,6 +313,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     if table.empty:
         raise MissingInputError("no participant with grey-matter features is in participants.tsv",
                                 path=output_dir, fix="run the participant level for the subjects of participants.tsv")
+    template_space = one_template_space(info.loc[table["participant_id"], "template_space"], output_dir)
     grid = None
     if params.feature_type == "voxel":
         from bids_ketamine.structural.voxel_features import load_voxel_features, mni_grid
@@ -324,7 +325,7 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
                       source=output_dir, wording=wording)
     feature_source = sorted({str(s) for s in info.loc[results.training_table.index, "feature_source"].dropna()})
     bundle = build_bundle(results, params=params, atlas=atlas_name, feature_source=feature_source,
-                          wording=wording, seed=seed, grid=grid)
+                          wording=wording, seed=seed, grid=grid, template_space=template_space)
 
     # ----- everything computed: build figures and the map, then write
     base = {"atlas": atlas_name, "desc": "svm"} if grid is None else \
@@ -379,7 +380,9 @@ def run_group(output_dir: Path, *, participants: pd.DataFrame, sessions: pd.Data
     outputs = [
         writer.write_table(results.predictions, entities=base, suffix="predictions", datatype=DATATYPE,
                            columns=prediction_columns(wording), sources=sources, parameters=parameters,
-                           metadata=meta, float_format="%.12g",
+                           # the notes (folds lowered, subjects left out, unseen sites...) also as warnings, on this
+                           # one table only, so that the report's warnings section lists each of them once
+                           metadata={**meta, "Warnings": list(results.notes)}, float_format="%.12g",
                            description="Per-subject decision scores and calibrated probabilities of the structural "
                                        "classifier"),
         writer.write_table(results.metrics, entities=base, suffix="metrics", datatype=DATATYPE,

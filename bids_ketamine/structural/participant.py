@@ -42,7 +42,27 @@ MORPH_COLUMNS = {
     "gm_fraction_tiv": {"Description": "gm_volume_mm3 divided by tiv_mm3.", "Units": "1"},
     "tiv_mm3": {"Description": "Total intracranial volume of the participant (same on every row).",
                 "Units": "mm^3"},
+    "total_gm_mm3": {"Description": "Total grey-matter volume of the participant, whole brain (not only the atlas "
+                                    "regions; same on every row; n/a where the source gives none).", "Units": "mm^3"},
+    "total_wm_mm3": {"Description": "Total white-matter volume (built-in pipeline; n/a otherwise).", "Units": "mm^3"},
+    "total_csf_mm3": {"Description": "Total CSF volume inside the brain mask (built-in pipeline; n/a otherwise).",
+                      "Units": "mm^3"},
+    "template_correlation": {"Description": "Correlation of the registered T1w with the MNI152 template inside its "
+                                            "brain mask (built-in pipeline's registration QC; n/a otherwise).",
+                             "Units": "1"},
 }
+#: Sidecar keys of the whole-participant values repeated as morph-table columns.
+TOTAL_COLUMNS = {"total_gm_mm3": "TotalGM_mm3", "total_wm_mm3": "TotalWM_mm3", "total_csf_mm3": "TotalCSF_mm3",
+                 "template_correlation": "TemplateCorrelation"}
+
+
+def with_totals(table: pd.DataFrame, details: dict[str, Any]) -> pd.DataFrame:
+    """The morph table with the participant's totals and registration QC as columns (NaN where not given)."""
+    table = table.copy()
+    for column, key in TOTAL_COLUMNS.items():
+        value = details.get(key)
+        table[column] = float(value) if value is not None else np.nan
+    return table
 
 
 @dataclass
@@ -59,6 +79,14 @@ class GMFeatures:
     modulated: Any = None  # nibabel image in ``space`` (None for FreeSurfer)
     background: np.ndarray | None = None  # image on the modulated map's grid for the QC figure
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_gm_mm3(self) -> float | None:
+        """Total GM of the participant (the one value the sidecar, table, figure and report show): the whole
+        modulated map (= native GM: modulation preserves volume), not the atlas regions' sum, which misses the GM
+        outside the atlas labels (about 25 % of it)."""
+        value = self.details.get("TotalGM_mm3")
+        return float(value) if value is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------- choice
@@ -244,7 +272,8 @@ def features_from_builtin(anat: AnatInputs, params: AnatFeatureParams, atlas, *,
     return GMFeatures(source="builtin", table=_finish_table(table, result.tiv_mm3), tiv_mm3=result.tiv_mm3,
                       atlas_name=atlas.name, atlas_source=atlas.source, inputs=[t1w], space=BUILTIN_SPACE,
                       modulated=result.gm_modulated_mni, background=np.asarray(result.t1w_mni.dataobj),
-                      details={"TIVMethod": "CSF + GM + WM probability inside the brain mask (subject space)",
+                      details={"TIVMethod": result.tiv_method, "SkullStripped": result.skull_stripped,
+                               "ForegroundOutsideBrain": result.foreground_outside_brain,
                                "TotalGM_mm3": result.gm_native_mm3, "TotalWM_mm3": result.wm_native_mm3,
                                "TotalCSF_mm3": result.csf_native_mm3,
                                "TemplateCorrelation": result.template_correlation,
@@ -269,6 +298,40 @@ def compute_features(inputs: ParticipantInputs, params: AnatFeatureParams, *, wo
 
 
 # ---------------------------------------------------------------------------------------------------- writing
+def qc_title(subject: str, features: GMFeatures) -> str:
+    """The QC figure's title: TIV and total GM as the sidecar records them (one value, not a recomputation)."""
+    total_gm = features.total_gm_mm3
+    return (f"sub-{subject}  {features.source}  TIV {features.tiv_mm3 / 1000:.0f} cm3"
+            + (f"  total GM {total_gm / 1000:.0f} cm3" if total_gm is not None else "")
+            + ("  (skull-stripped input)" if features.details.get("SkullStripped") else ""))
+
+
+def anatomy_provenance(output_dir: str | Path) -> dict[str, Any]:
+    """What the participant-level morph sidecars of ``output_dir`` record, for the methods text: participants per
+    feature source and per template space, the TIV methods of the other sources, and how many built-in inputs were
+    skull-stripped."""
+    import json
+
+    sources: dict[str, int] = {}
+    spaces: dict[str, int] = {}
+    tiv_methods: dict[str, list[str]] = {}
+    stripped = 0
+    for path in morph_tables(Path(output_dir)):
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        source = str(meta.get("FeatureSource"))
+        sources[source] = sources.get(source, 0) + 1
+        if meta.get("TemplateSpace"):
+            spaces[str(meta["TemplateSpace"])] = spaces.get(str(meta["TemplateSpace"]), 0) + 1
+        if source == "builtin":
+            stripped += bool(meta.get("SkullStripped"))
+        elif meta.get("TIVMethod") and meta["TIVMethod"] not in tiv_methods.setdefault(source, []):
+            tiv_methods[source].append(str(meta["TIVMethod"]))
+    return {"sources": sources, "spaces": spaces, "tiv_methods": tiv_methods, "n_skull_stripped": stripped}
+
+
 def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = None, writer, work_dir: Path,
                     seed: int, n_procs: int = 1) -> list[Path]:
     """Compute the participant's GM features, then write map, regional table and QC figure with ``writer``."""
@@ -283,9 +346,8 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = Non
     if anat_params.write_qc and features.modulated is not None:
         from bids_ketamine.structural.qc import gm_qc_figure
 
-        figure = gm_qc_figure(features.background, np.asarray(features.modulated.dataobj), title=(
-            f"sub-{inputs.subject}  {features.source}  TIV {features.tiv_mm3 / 1000:.0f} cm3  GM "
-            f"{features.table['gm_volume_mm3'].sum() / 1000:.0f} cm3 (atlas regions)"))
+        figure = gm_qc_figure(features.background, np.asarray(features.modulated.dataobj),
+                              affine=features.modulated.affine, title=qc_title(inputs.subject, features))
     map_entities = {**base, "space": features.space, "label": "GM", "desc": "modulated"}
     if features.modulated is not None:
         img = features.modulated
@@ -303,7 +365,7 @@ def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = Non
                                               "SmoothingFWHM_mm": anat_params.smoothing_fwhm_mm,
                                               "TemplateSpace": features.space}))
     outputs.append(writer.write_table(
-        features.table, entities={**base, "atlas": features.atlas_name}, suffix="morph", datatype="anat",
+        with_totals(features.table, features.details), entities={**base, "atlas": features.atlas_name}, suffix="morph", datatype="anat",
         columns=MORPH_COLUMNS, sources=features.inputs, parameters=parameters, float_format="%.9g",
         description="Regional grey-matter volumes and total intracranial volume of one participant",
         metadata={"FeatureSource": features.source, "Atlas": features.atlas_source,
@@ -351,8 +413,10 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
                                fix="re-run the participant level of every participant with the same atlas")
         rows[subject] = table["gm_volume_mm3"].to_numpy(dtype=float)
         sidecar = path.with_suffix(".json")
-        source = json.loads(sidecar.read_text()).get("FeatureSource") if sidecar.exists() else None
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        source = meta.get("FeatureSource")
         info[subject] = {"tiv_mm3": float(table["tiv_mm3"].iloc[0]), "feature_source": source,
+                         "template_space": meta.get("TemplateSpace"),
                          "session": session_match.group(1) if session_match else None}
     if len(atlases) > 1:
         raise BadDataError(f"participant tables use several atlases {sorted(atlases)}", path=output_dir,
@@ -362,3 +426,19 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
     info_df = pd.DataFrame.from_dict(info, orient="index")
     info_df.index.name = "participant_id"
     return features, info_df
+
+
+def one_template_space(spaces, path: Path) -> str | None:
+    """The one template space of the participants' GM maps (None when no sidecar names one).
+
+    Why refuse a mix: one atlas grid is laid on every map, so maps in different templates (fMRIPrep's
+    MNI152NLin2009cAsym, the built-in MNI152NLin2009aSym, CAT12's IXI549Space) would give regional volumes that are
+    not comparable between participants, and a model trained on them would learn the source, not the outcome.
+    """
+    counts = pd.Series([s for s in spaces if isinstance(s, str) and s]).value_counts()
+    if len(counts) > 1:
+        listed = ", ".join(f"{space} ({n})" for space, n in counts.sort_index().items())
+        raise BadDataError(f"participants' grey-matter maps are in different template spaces: {listed}; one atlas "
+                           "grid cannot give comparable regional volumes for both", path=path,
+                           fix="extract every participant's features with one source (structural.anat.sources)")
+    return str(counts.index[0]) if len(counts) else None

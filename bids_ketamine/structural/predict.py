@@ -7,6 +7,8 @@ scored) when
 - ``ood_age`` / ``ood_tiv``: age or total intracranial volume outside the training range;
 - ``ood_features``: the harmonised, standardised feature vector is farther from the training centre (Mahalanobis
   distance under a Ledoit-Wolf covariance) than every training subject was;
+- ``site_unknown``: participants.tsv has no site column, so the site is not known: never matched to a training
+  site (even one of the default name ``site1``), scored un-harmonised;
 - ``unseen_site``: the site was not in training. The subjects of such a site in the scored batch are harmonised
   from their own features when there are at least ``min_unseen_site_size`` of them, else left un-harmonised; the
   ``harmonisation`` column says which.
@@ -26,7 +28,21 @@ from bids_ketamine.errors import BadDataError
 from bids_ketamine.structural.calibration import PlattMap, probability_interval
 from bids_ketamine.structural.model import SITE_COLUMN, model_frame
 
-FLAG_COLUMNS = ("ood_age", "ood_tiv", "ood_features", "unseen_site")
+FLAG_COLUMNS = ("ood_age", "ood_tiv", "ood_features", "site_unknown", "unseen_site")
+#: Harmonisation of a participant whose site is unknown.
+SITE_UNKNOWN_HARMONISATION = "site unknown: not harmonised"
+
+
+def scoring_sites(table: pd.DataFrame) -> np.ndarray:
+    """The site labels a frozen model sees: the participants' sites, except that a participant whose site is not
+    known (``site_known`` False) gets a label of its own that no training site has, so it is neither matched to a
+    training site nor pooled with others into one guessed site."""
+    sites = table["site"].astype(object).where(table["site"].notna(), "n/a").astype(str).to_numpy()
+    if "site_known" in table:
+        unknown = ~table["site_known"].fillna(True).astype(bool).to_numpy()
+        ids = np.asarray(table.index if "participant_id" not in table else table["participant_id"], dtype=str)
+        sites = np.where(unknown, np.char.add("unknown site of sub-", ids), sites)
+    return sites
 
 
 def _preprocess(pipeline, frame: pd.DataFrame) -> np.ndarray:
@@ -154,7 +170,10 @@ def flag_reasons(row: pd.Series, reference: dict) -> str:
     if row.get("ood_features"):
         out.append(f"feature vector farther from the training centre ({row['feature_distance']:.3g}) than any "
                    f"training subject ({reference['ood_threshold']:.3g})")
-    if row.get("unseen_site"):
+    if row.get("site_unknown"):
+        out.append("site unknown (participants.tsv has no site column): not matched to a training site, "
+                   "not harmonised")
+    elif row.get("unseen_site"):
         out.append(f"site {row['site']!r} not in training ({row['harmonisation']})")
     return "; ".join(out)
 
@@ -168,7 +187,7 @@ def score_participants(bundle, features: pd.DataFrame, table: pd.DataFrame, cova
     ref = bundle.reference
     names = [c.removeprefix("__cov_").removesuffix("__") for c in ref["covariates"]]
     cohorts = assign_cohorts(table.reset_index()).set_axis(table.index).fillna("new")
-    frame = model_frame(features.reset_index(drop=True), table["site"].fillna("n/a").to_numpy(),
+    frame = model_frame(features.reset_index(drop=True), scoring_sites(table),
                         covariates[names].reset_index(drop=True) if names else None)
     frame.index = features.index
     parts = []
@@ -182,6 +201,10 @@ def score_participants(bundle, features: pd.DataFrame, table: pd.DataFrame, cova
     out.insert(2, "outcome", table["outcome"].to_numpy())
     out["ood_age"] = outside(table["age"], ref["age_range"]) if "age" in table else False
     out["ood_tiv"] = outside(table["tiv_mm3"], ref["tiv_range"])
+    out["site_unknown"] = ~table["site_known"].fillna(True).astype(bool).to_numpy() if "site_known" in table \
+        else False
+    out.loc[out["site_unknown"], "harmonisation"] = SITE_UNKNOWN_HARMONISATION
+    out.loc[out["site_unknown"], "site"] = "n/a"
     merged = out.join(table[[c for c in ("age", "tiv_mm3") if c in table]])
     out["flags"] = [flag_reasons(row, ref) for _, row in merged.iterrows()]
     out.index.name = "participant_id"

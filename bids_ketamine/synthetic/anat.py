@@ -51,6 +51,23 @@ SPACE = "MNI152NLin2009cAsym"
 MRS_VOXEL_MM = 20.0
 MRS_VOXEL_MNI = (0.0, 42.0, 8.0)
 _FLIP = np.diag([-1.0, -1.0, 1.0])
+#: Whole-head option: nilearn's MNI152 T1 is a brain alone (zero outside its brain mask), so a scalp is added as
+#: shells around the brain mask, in mm from its edge: dark skull and CSF up to SKULL_MM, then scalp (fat, bright in
+#: T1w, SCALP_INTENSITY x the template's 95th brain percentile) up to SCALP_MM.
+SKULL_MM = 6.0
+SCALP_MM = 14.0
+SCALP_INTENSITY = 0.9
+
+
+def _with_scalp(t1_tpl: np.ndarray, brain: np.ndarray, voxel_mm: float) -> np.ndarray:
+    """The template T1 with a skull (dark) and scalp (bright) shell around its brain mask."""
+    from scipy.ndimage import distance_transform_edt
+
+    distance = distance_transform_edt(~brain) * voxel_mm
+    scalp = (distance > SKULL_MM) & (distance <= SCALP_MM)
+    head = t1_tpl.copy()
+    head[scalp] = SCALP_INTENSITY * float(np.percentile(t1_tpl[brain], 95))
+    return head
 
 
 @lru_cache(maxsize=2)
@@ -212,8 +229,11 @@ def _write_itk_composite(path: Path, matrix_ras: np.ndarray, offset_ras: np.ndar
 def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, gm_effect: float,
                          site_offset: float, seed: int, resolution_mm: float = 2.0,
                          mrs_voxel_mni: tuple[float, float, float] | None = None,
-                         mrs_voxel_mm: float = MRS_VOXEL_MM) -> dict[str, Any]:
+                         mrs_voxel_mm: float = MRS_VOXEL_MM, whole_head: bool = False) -> dict[str, Any]:
     """Write ``sub-<subject>``'s raw T1w (+ JSON) and sMRIPrep-style anatomical derivatives; return the truth.
+
+    The raw T1w is skull-stripped (nilearn's template is a brain alone) unless ``whole_head``, which adds a skull
+    and scalp around it (:func:`_with_scalp`).
 
     With ``mrs_voxel_mni`` (a spectroscopy voxel centre in MNI mm) it also writes sMRIPrep's T1w-space tissue
     probability maps (``label-{GM,WM,CSF}_probseg``) and returns, under ``"mrs_voxel"``, the voxel in the subject's
@@ -234,6 +254,8 @@ def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, 
         raise ValueError(f"gm_effect {gm_effect} would change volumes by >= 50 %; use a latent score in (-8, 8)")
     bids_root, fmriprep_root = Path(bids_root), Path(fmriprep_root)
     t1_tpl, gm_tpl, brain, affine, labels, atlas_labels = _templates(res)
+    if whole_head:
+        t1_tpl = _with_scalp(t1_tpl, brain, float(res))
     rng = np.random.default_rng(seed)
     regions = planted_region_names(atlas_labels)
     index_of = dict(zip(atlas_labels["name"], atlas_labels["index"]))
@@ -338,6 +360,7 @@ def write_synthetic_anat(bids_root: Path, fmriprep_root: Path, subject: str, *, 
         "head_volume_ratio": float(np.linalg.det(matrix)),
         "atlas": "default (Desikan-Killiany + cerebellum, bids_ketamine.atlas.load_default_atlas)",
         "resolution_mm": res,
+        "whole_head": bool(whole_head),
         "files": {k: str(v) for k, v in files.items()},
         **({"mrs_voxel": voxel} if voxel is not None else {}),
     }

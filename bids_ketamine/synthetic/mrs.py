@@ -25,9 +25,10 @@ import numpy as np
 BRAIN_MM = {"NAA": 11.0, "NAAG": 1.5, "Cr": 4.5, "PCr": 4.0, "GPC": 1.2, "PCh": 0.4, "mI": 6.0, "sI": 0.3,
             "Glu": 10.0, "Gln": 3.5, "GABA": 1.5, "GSH": 2.0, "Lac": 0.6, "Asp": 2.0, "Tau": 1.5, "Ala": 0.4,
             "Glc": 1.0, "PE": 1.4, "Gly": 0.5, "Asc": 1.0}
-#: Macromolecule amplitudes (relative units of the basis components, about 1/3 of creatine's methyl signal).
-MM_AMPLITUDE = {"MM09": 2.5, "MM12": 2.0, "MM14": 2.0, "MM17": 1.5, "MM20": 3.0, "MM23": 1.0, "MM26": 0.8, "MM30": 1.5,
-                "MM32": 0.8, "MM38": 1.2}
+#: Macromolecule amplitudes (basis units of the fit's MM model, :mod:`bids_ketamine.spectroscopy.macromolecules`,
+#: the app's one MM model), at the centres of LCModel's ratio priors relative to MM09 (MM20/MM09 1.5,
+#: MM12 0.3, MM14 0.75, MM17 0.375).
+MM_AMPLITUDE = {"MM09": 2.5, "MM12": 0.75, "MM14": 1.875, "MM17": 0.9375, "MM20": 3.75}
 #: Planted Glx/tNAA slopes per minute after infusion onset, by (pretreatment, sex).
 SLOPES = {("placebo", "F"): 0.004, ("placebo", "M"): 0.006, ("naltrexone", "F"): 0.002, ("naltrexone", "M"): 0.0016}
 SPECTROMETER_MHZ = 123.2
@@ -74,13 +75,19 @@ class FmrsSimulator:
     """
 
     def __init__(self, *, n_transients: int = 128, n_coils: int = 4, n_points: int = 2048):
+        from bids_ketamine.spectroscopy.basis import combine
+        from bids_ketamine.spectroscopy.macromolecules import mm_lipid_basis
         from bids_ketamine.spectroscopy.quantify import QuantParams, RELAXATION_3T, attenuation
         from bids_ketamine.spectroscopy.simulate import simulate_basis
 
         self.n_transients, self.n_coils, self.n_points = n_transients, n_coils, n_points
+        #: the metabolite basis the app's fit uses for these data (its MM model is added by the fit)
         self.basis = simulate_basis(spectrometer_frequency=SPECTROMETER_MHZ, echo_time=ECHO_TIME, sequence="PRESS",
                                     dwell_time=DWELL, n_points=n_points)
-        self.names = list(self.basis.names)
+        #: what the spectra are made of: the metabolites plus the macromolecules of the fit's MM model
+        self._planted = combine(self.basis, mm_lipid_basis(n_points, DWELL, SPECTROMETER_MHZ,
+                                                           names=tuple(MM_AMPLITUDE)))
+        self.names = list(self._planted.names)
         self.repetition_time = N_BLOCKS * BLOCK_SECONDS / n_transients
         self.onset_seconds = N_BASELINE_BLOCKS * BLOCK_SECONDS
         self.t = np.arange(n_points) * DWELL
@@ -136,7 +143,7 @@ class FmrsSimulator:
         eddy = 0.4 * np.exp(-t / 0.04) * rng.choice([-1.0, 1.0])  # rad, shared with the water reference
         coil = (rng.uniform(0.5, 1.0, n_coils) * np.exp(1j * rng.uniform(-np.pi, np.pi, n_coils)))
         noise_scale = rng.uniform(0.8, 1.2, n_coils)
-        clean = (conc @ self.basis.fids) * lineshape * np.exp(1j * (2 * np.pi * drift[:, None] * t
+        clean = (conc @ self._planted.fids) * lineshape * np.exp(1j * (2 * np.pi * drift[:, None] * t
                                                                     + phase[:, None] + eddy))
         data = coil[:, None, None] * clean[None]
         data += NOISE_SD * noise_scale[:, None, None] * (rng.standard_normal(data.shape)

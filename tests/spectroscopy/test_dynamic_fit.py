@@ -148,10 +148,18 @@ def test_with_everything_free_per_block_the_joint_fit_is_blockwise_fitting(simul
     in every block, the joint fit is the block-wise fit (same slope, to a small fraction of its SE)."""
     from bids_ketamine.spectroscopy.dynamic_simulation import estimate_session, simulate_session
 
+    from bids_ketamine.spectroscopy.fit_params import FitParams
+
     free = DynamicFitParams(concentrations="per_block", nuisance_concentrations="time_model", lineshape="per_block",
                             shift="per_block", phase="per_block", baseline="per_block")
+    # without the fit's MM/lipid model (the simulated basis has had no MM of its own since simulation version 3;
+    # the data still carry MM): with it, the joint fit applies the ratio priors once to the blocks' mean and
+    # block-wise fitting once per block, so the two are not the same model (slopes 1.2 SE apart with the priors,
+    # 0.19 SE without them but with the tied MM line-shape groups)
+    no_priors = FitParams(macromolecules="none")
     rng = np.random.default_rng(8)
     for _ in range(2):
-        e = estimate_session(simulate_session(simulator, rng, 0.004), simulator.basis, dynamic=free)
+        e = estimate_session(simulate_session(simulator, rng, 0.004), simulator.basis, dynamic=free,
+                             fit_params=no_priors)
         assert abs(e.dynamic[1] - e.blockwise[1]) < 0.15 * e.blockwise_se[1]
         assert e.dynamic_se[1] == pytest.approx(e.blockwise_se[1], rel=0.15)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bids_ketamine.spectroscopy.basis import to_spectrum
-from bids_ketamine.spectroscopy.simulate import (DEFAULT_METABOLITES, SpinSystem, cache_dir, sequence_events,
+from bids_ketamine.spectroscopy.simulate import (DEFAULT_METABOLITES, OPTIONAL_METABOLITES, SpinSystem, cache_dir, sequence_events,
                                                  simulate_basis, simulate_lines)
 
 SF = 123.2
@@ -26,10 +26,11 @@ def _peaks(basis, name, lo, hi, broadening=1.0):
     return ppm[sel][np.argmax(spec[sel])]
 
 
-def test_default_basis_has_about_twenty_metabolites_and_macromolecules(press30):
-    assert len(DEFAULT_METABOLITES) >= 19
-    assert set(DEFAULT_METABOLITES) <= set(press30.names)
-    assert len(press30.macromolecule_names()) >= 4
+def test_default_basis_has_the_metabolites_and_no_macromolecules(press30):
+    """Macromolecules and lipids are the fit's model (one MM model, with LCModel's soft constraints)."""
+    assert len(DEFAULT_METABOLITES) >= 17
+    assert set(DEFAULT_METABOLITES) == set(press30.names)
+    assert press30.macromolecule_names() == ()
 
 
 def test_singlets_at_published_shifts(press30):
@@ -73,7 +74,7 @@ def test_agrees_with_ismrm_challenge_basis(shared_data):
     challenge = read_fid_folder(shared_data / "ismrm2016_mrs" / "code" / "basis", dwell_time=2.5e-4,
                                 central_frequency=SF)
     ours = simulate_basis(spectrometer_frequency=SF, echo_time=0.030, sequence="PRESS", dwell_time=2.5e-4,
-                          n_points=challenge.n_points)
+                          n_points=challenge.n_points, metabolites=DEFAULT_METABOLITES + OPTIONAL_METABOLITES)
     t = ours.time_axis()
     ppm = ours.ppm_axis()
     win = (ppm > 0.2) & (ppm < 4.2)
@@ -116,7 +117,8 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
 
     lcm = calibrate_basis(read_lcmodel_basis(shared_data / "lcmodel_test_lcm" / "code" / "basis" / "3t.basis"))
     kw = dict(spectrometer_frequency=lcm.central_frequency, echo_time=0.030, dwell_time=lcm.dwell_time,
-              n_points=lcm.n_points, metabolites=("Glu", "Gln"), macromolecules=False, use_cache=False)
+              n_points=lcm.n_points, metabolites=("Glu", "Gln"), use_cache=False,
+              intrinsic_linewidths=False)
     t, ppm = lcm.time_axis(), lcm.ppm_axis()
     win = (ppm > 0.2) & (ppm < 4.0)
     lb = np.exp(-np.pi * 2.0 * t)  # spant's 2 Hz line width
@@ -125,6 +127,36 @@ def test_press_first_echo_time_matches_lcmodel_basis(shared_data):
         a, c = to_spectrum(basis.fid(name) * lb)[win], to_spectrum(lcm.fid(name))[win]
         return abs(np.vdot(a, c)) / (np.linalg.norm(a) * np.linalg.norm(c))
 
-    symmetric, asymmetric = simulate_basis(**kw), simulate_basis(**kw, te1=0.010)
+    symmetric, asymmetric = simulate_basis(**kw, te1=0.015), simulate_basis(**kw, te1=0.010)
     for name in ("Glu", "Gln"):
         assert corr(asymmetric, name) > 0.99 > corr(symmetric, name) + 0.02, name
+    # the default split (min(11 ms, TE/2)) is the asymmetric one of real PRESS sequences, not TE/2
+    default = simulate_basis(**{k: v for k, v in kw.items()})
+    assert default.metadata["PressTE1"] == pytest.approx(0.011)
+    for name in ("Glu", "Gln"):
+        assert corr(default, name) > corr(symmetric, name) + 0.02, name
+
+
+def test_intrinsic_linewidth_is_one_over_pi_t2(press30):
+    """Each metabolite decays with its T2 from quantify's relaxation table: the NAA singlet's FWHM is 1/(pi T2)
+    and its area (amplitude at t = 0) stays its proton count."""
+    from bids_ketamine.spectroscopy.quantify import RELAXATION_3T
+
+    t2 = RELAXATION_3T.metabolite("NAA")[1]
+    fid = press30.fid("NAA")
+    t = press30.time_axis()
+    assert press30.metadata["IntrinsicLinewidthHz"]["NAA"] == pytest.approx(1 / (np.pi * t2), rel=1e-3)
+    plain = simulate_basis(spectrometer_frequency=SF, echo_time=0.030, sequence="PRESS", dwell_time=2.5e-4,
+                           n_points=4096, metabolites=("NAA",), intrinsic_linewidths=False)
+    assert np.allclose(fid, plain.fid("NAA") * np.exp(-t / t2), atol=1e-9)
+
+
+def test_press_first_echo_time_is_decided_in_one_place():
+    from bids_ketamine.spectroscopy.simulate import press_first_echo_time
+
+    assert press_first_echo_time(0.030) == pytest.approx(0.011)
+    assert press_first_echo_time(0.020) == pytest.approx(0.010)  # never longer than TE/2
+    assert press_first_echo_time(0.144) == pytest.approx(0.011)
+    assert press_first_echo_time(0.030, 0.012) == pytest.approx(0.012)
+    with pytest.raises(ValueError, match="first echo time"):
+        press_first_echo_time(0.030, 0.030)

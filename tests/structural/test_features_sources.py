@@ -222,3 +222,24 @@ def test_unreadable_t1w_is_bad_data(tmp_path):
         run_participant(ParticipantInputs("01", AnatInputs(t1w=(path,))), params=AnatFeatureParams(),
                         writer=DerivativesWriter(tmp_path / "out"), work_dir=tmp_path / "w", seed=0)
     assert str(path) in str(err.value) and not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_total_gm_is_the_whole_modulated_map_and_the_qc_title_shows_that_one_value(tmp_path):
+    """Which total GM is right (the QC figure once showed the atlas regions' sum, 905 cm3, the report the whole map,
+    1270 cm3): the generator's truth is the template's GM volume x the planted head-volume ratio (site offset 0).
+    The whole modulated map matches it; the atlas regions hold only part of it. The title reads the same value."""
+    from nilearn import datasets
+
+    from bids_ketamine.structural.participant import _atlas, features_from_fmriprep, qc_title
+    from bids_ketamine.synthetic.anat import write_synthetic_anat
+
+    truth = write_synthetic_anat(tmp_path, tmp_path / "derivatives", "01", gm_effect=0.0, site_offset=0.0, seed=3)
+    files = {k: Path(v) for k, v in truth["files"].items()}
+    anat = AnatInputs(t1w=(files["t1w"],), gm_probseg_mni=files["gm_probseg_mni"],
+                      t1w_to_mni_xfm=files["t1w_to_mni_xfm"], brain_mask_t1w=files["brain_mask"])
+    params = AnatFeatureParams()
+    features = features_from_fmriprep(anat, params, _atlas(params))
+    expected = datasets.load_mni152_gm_template(resolution=2).get_fdata().sum() * 8.0 * truth["head_volume_ratio"]
+    assert features.total_gm_mm3 == pytest.approx(expected, rel=0.01)
+    assert features.table["gm_volume_mm3"].sum() < 0.8 * expected  # the atlas regions are a part, not the total
+    assert f"total GM {features.total_gm_mm3 / 1000:.0f} cm3" in qc_title("01", features)

@@ -258,3 +258,100 @@ def test_scored_participants_are_labelled_applied_not_discovery(trained, tmp_pat
     assert participants["cohort"].eq("discovery").all()  # what the design calls them without a cohort column
     table = _applied(_apply(out, participants, trained["bundle"], tmp_path / "work"))
     assert table["cohort"].tolist() == ["applied"]
+
+
+def test_a_dataset_without_site_column_is_flagged_site_unknown_never_a_training_site(trained, tmp_path,
+                                                                                      capsys):
+    """participants.tsv without a site column: the design's default site is the name of a training site
+    ("site1"), yet the patient is flagged site unknown and scored un-harmonised, exactly as a patient from a site
+    the model has not seen (and not as one of site1); the flag is a column, a warning line and a report warning."""
+    assert "site1" in json.loads(trained["bundle"].with_suffix(".json").read_text())["training_cohort"]["sites"]
+    out, participants = _new_patients(trained, tmp_path)
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "no site", "BIDSVersion": "1.9.0"}))
+    participants[["participant_id", "sex", "age"]].assign(participant_id="sub-new01").to_csv(
+        bids / "participants.tsv", sep="\t", index=False)
+    code = main([str(bids), str(out), "group", "--model", str(trained["bundle"]), "--skip-bids-validation",
+                 "--nprocs", "1", "-w", str(tmp_path / "work")])
+    assert code == 0
+    captured = capsys.readouterr()
+    messages = (captured.out + captured.err).splitlines()
+    row = pd.read_csv(next((out / "group" / "structural").glob("*desc-applied_predictions.tsv")), sep="\t",
+                      keep_default_na=False, na_values=["n/a"]).iloc[0]
+    assert row["site_unknown"] and row["unseen_site"] and row["harmonisation"] == "site unknown: not harmonised"
+    assert row["flags"].startswith("site unknown (participants.tsv has no site column)")
+    # the same features as a known training site and as an unseen site, scored through the library path
+    reference = {}
+    for site in ("site1", "siteZ"):
+        table = _applied(_apply(tmp_path / "out", participants.assign(site=site), trained["bundle"],
+                                tmp_path / f"w{site}")).set_index("participant_id")
+        reference[site] = table.loc["sub-new01", "score"]
+    assert row["score"] == pytest.approx(reference["siteZ"], abs=1e-12)
+    assert abs(row["score"] - reference["site1"]) > 1e-6
+    lines = [m for m in messages if "site unknown" in m]
+    assert len(lines) == 1 and "sub-new01" in lines[0] and "\n" not in lines[0]
+    page = (out / "sub-new01.html").read_text()
+    errors = page[page.index('id="errors"'):]
+    assert "model prediction flagged: site unknown" in errors
+
+
+def test_participants_table_records_whether_the_site_is_known(tmp_path):
+    from bids_ketamine.design import StudyDesign, participants_table
+
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\nsub-02\t40\n")
+    table = participants_table(tmp_path, StudyDesign())
+    assert table["site"].tolist() == ["site1", "site1"] and not table["site_known"].any()
+    (tmp_path / "participants.tsv").write_text("participant_id\tsite\tage\nsub-01\tA\t30\nsub-02\tB\t40\n")
+    assert participants_table(tmp_path, StudyDesign())["site_known"].all()
+
+
+def test_training_on_maps_of_two_template_spaces_is_refused_in_one_line(trained, tmp_path):
+    """fMRIPrep's maps (MNI152NLin2009cAsym) and the built-in pipeline's (MNI152NLin2009aSym) under one atlas grid
+    are not comparable: the group level refuses the mix, naming both spaces, and writes nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out, ignore=shutil.ignore_patterns("group"))
+    for k, sidecar in enumerate(sorted(out.glob("sub-*/anat/*_morph.json"))):
+        space = "MNI152NLin2009cAsym" if k % 2 else "MNI152NLin2009aSym"
+        sidecar.write_text(json.dumps({"FeatureSource": "fmriprep" if k % 2 else "builtin", "TemplateSpace": space}))
+    before = _snapshot(out)
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, anat={"atlas_name": "toy"})
+    with pytest.raises(BadDataError) as info:
+        run_group(out, participants=trained["participants"], sessions=pd.DataFrame(), params=params, design=None,
+                  writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    message = str(info.value)
+    assert info.value.exit_code == 65 and "\n" not in message
+    assert "MNI152NLin2009aSym (36)" in message and "MNI152NLin2009cAsym (36)" in message
+    assert _snapshot(out) == before
+
+
+def test_one_template_space_is_found_or_a_mix_refused(tmp_path):
+    from bids_ketamine.structural.participant import one_template_space
+
+    assert one_template_space(["MNI152NLin2009aSym", None, "MNI152NLin2009aSym"], tmp_path) == "MNI152NLin2009aSym"
+    assert one_template_space([None, None], tmp_path) is None
+    with pytest.raises(BadDataError, match="IXI549Space \\(1\\), MNI152NLin2009aSym \\(1\\)"):
+        one_template_space(["MNI152NLin2009aSym", "IXI549Space"], tmp_path)
+
+
+def test_a_model_records_its_template_space_and_refuses_maps_of_another(trained, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(trained["out"], out, ignore=shutil.ignore_patterns("group"))
+    for sidecar in out.glob("sub-*/anat/*_morph.json"):
+        sidecar.write_text(json.dumps({"FeatureSource": SOURCE, "TemplateSpace": "MNI152NLin2009aSym"}))
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, calibration_bootstrap=20,
+                              anat={"atlas_name": "toy"})
+    outputs = run_group(out, participants=trained["participants"], sessions=pd.DataFrame(), params=params,
+                        design=None, writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
+    assert json.loads(bundle.with_suffix(".json").read_text())["features"]["template_space"] == "MNI152NLin2009aSym"
+    new, participants = _new_patients(trained, tmp_path)
+    for sidecar in new.glob("sub-*/anat/*_morph.json"):
+        sidecar.write_text(json.dumps({"FeatureSource": SOURCE, "TemplateSpace": "MNI152NLin2009cAsym"}))
+    before = _snapshot(new)
+    with pytest.raises(BadDataError) as info:
+        _apply(new, participants, bundle, tmp_path / "work2")
+    assert info.value.exit_code == 65 and "\n" not in str(info.value)
+    assert ("template space MNI152NLin2009cAsym, the model was trained on maps in MNI152NLin2009aSym"
+            in str(info.value))
+    assert _snapshot(new) == before

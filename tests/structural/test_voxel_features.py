@@ -186,6 +186,16 @@ def test_group_level_voxel_option_end_to_end_and_apply(tmp_path):
     scores = pd.read_csv(next(p for p in applied if p.name.endswith("desc-applied_predictions.tsv")), sep="\t")
     expected = in_run.set_index("participant_id").loc[scores["participant_id"], "score"].to_numpy()
     assert np.allclose(scores["score"].to_numpy(), expected, atol=1e-9, rtol=0)
-    with pytest.raises(BadDataError, match="trained on voxel features but the input has regional features"):
-        run_group(out, participants=external, sessions=pd.DataFrame(), params=StructuralParams(model_file=bundle),
-                  design=None, writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    # without structural.feature_type in the config, the bundle decides (voxel here): the same scores
+    again = run_group(out, participants=external, sessions=pd.DataFrame(),
+                      params=StructuralParams.model_validate({"model_file": str(bundle)}), design=None,
+                      writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    rescored = pd.read_csv(next(p for p in again if p.name.endswith("desc-applied_predictions.tsv")), sep="\t")
+    assert np.allclose(rescored["score"].to_numpy(), expected, atol=1e-9, rtol=0)
+    # a config that names the other feature type is refused in one line, as a configured atlas is
+    with pytest.raises(BadDataError) as info:
+        run_group(out, participants=external, sessions=pd.DataFrame(),
+                  params=StructuralParams(model_file=bundle, feature_type="regional"), design=None,
+                  writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=3)
+    assert "structural.feature_type = 'regional' but the model was trained on voxel features" in str(info.value)
+    assert info.value.exit_code == 65 and "\n" not in str(info.value)
