@@ -188,7 +188,12 @@ def test_participant_outputs_are_complete(synthetic_outputs):
             "sub-plus_space-MNI152NLin2009cAsym_label-GM_desc-modulated_probseg.png").stat().st_size > 10_000
     table = pd.read_csv(table_path, sep="\t")
     assert list(table.columns) == ["region", "hemisphere", "structure", "gm_volume_mm3", "gm_fraction_tiv",
-                                   "tiv_mm3"]
+                                   "tiv_mm3", "total_gm_mm3", "total_wm_mm3", "total_csf_mm3",
+                                   "template_correlation"]
+    # fMRIPrep gives a GM map (so a whole-brain GM total, above the atlas regions' sum) but no WM/CSF totals of ours
+    # and no registration of ours to check: those are n/a, not zero
+    assert table["total_gm_mm3"].nunique() == 1 and table["total_gm_mm3"].iloc[0] > table["gm_volume_mm3"].sum()
+    assert table[["total_wm_mm3", "total_csf_mm3", "template_correlation"]].isna().all().all()
     assert len(table) == 85 and table["gm_volume_mm3"].gt(0).all()
     sidecar = json.loads(table_path.with_suffix(".json").read_text())
     assert sidecar["FeatureSource"] == "fmriprep"
