@@ -53,13 +53,15 @@ def planted_effects_missed(root: Path) -> list[str]:
 
 
 def _participant_spans(out_dir: Path, t0: float) -> dict[str, tuple[float, float, int]]:
-    """Per analysis folder of the outputs: first and last participant-output time (s after start) and file count."""
-    spans: dict[str, tuple[float, float, int]] = {}
-    for folder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != "group"):
-        times = [p.stat().st_mtime - t0 for p in folder.rglob("sub-*") if p.is_file()]
-        if times:
-            spans[folder.name] = (min(times), max(times), len(times))
-    return spans
+    """Per datatype folder of the participant outputs (anat, func, mrs, figures; ``inventory`` for files directly in
+    ``sub-*/``): first and last file time (s after start) and file count. Files written before ``t0`` (a resumed
+    run) are counted too, with negative times."""
+    groups: dict[str, list[float]] = {}
+    for path in out_dir.glob("sub-*/**/*"):
+        if path.is_file():
+            key = path.parent.name if not path.parent.name.startswith(("sub-", "ses-")) else "inventory"
+            groups.setdefault(key, []).append(path.stat().st_mtime - t0)
+    return {key: (min(times), max(times), len(times)) for key, times in sorted(groups.items())}
 
 
 def main() -> int:
@@ -94,7 +96,7 @@ def main() -> int:
         print(f"  {at:7.1f} s  {text[:100]}")
     out_dir = workdir / "outputs"
     if out_dir.is_dir():
-        print("participant outputs per analysis (first - last file, s after start):")
+        print("participant outputs per datatype folder (first - last file, s after start):")
         for name, (first, last, count) in _participant_spans(out_dir, t0).items():
             print(f"  {name:14s} {first:7.1f} - {last:7.1f} s  ({count} files)")
     print(f"wall time        : {wall:.1f} s; target {TARGET_SECONDS:.0f} s; ratio {wall / TARGET_SECONDS:.2f}")

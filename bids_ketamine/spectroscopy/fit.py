@@ -358,13 +358,34 @@ def _baseline_system(x: np.ndarray, params: FitParams, smoothness: float) -> np.
     return complex_baseline_system(design, penalty, weight)
 
 
+#: Baseline projectors already built, by (window ppm, baseline model, smoothness): the stiffness search and the
+#: final refinement revisit the same weights, and spectra of one acquisition geometry share their window, so
+#: each QR is done once per process. Bounded (each entry is ~0.3 MB for a 3T window); oldest dropped first.
+_PROJECTOR_CACHE: dict[tuple, tuple[np.ndarray | None, int]] = {}
+_PROJECTOR_CACHE_SIZE = 64
+
+
+def _baseline_projector(x: np.ndarray, params: FitParams, smoothness: float) -> tuple[np.ndarray | None, int]:
+    key = (np.asarray(x, float).tobytes(), params.baseline, float(params.baseline_knot_spacing_ppm),
+           int(params.baseline_order), float(smoothness))
+    hit = _PROJECTOR_CACHE.get(key)
+    if hit is None:
+        system = _baseline_system(x, params, smoothness)
+        if system.shape[1] == 0:
+            hit = (None, 2 * x.size)
+        else:
+            q = baseline_projector_basis(system)
+            q.setflags(write=False)  # shared between problems
+            hit = (q, system.shape[0])
+        if len(_PROJECTOR_CACHE) >= _PROJECTOR_CACHE_SIZE:
+            _PROJECTOR_CACHE.pop(next(iter(_PROJECTOR_CACHE)))
+        _PROJECTOR_CACHE[key] = hit
+    return hit
+
+
 def set_baseline(pb: Problem, params: FitParams, smoothness: float) -> None:
-    """(Re)build the baseline projector of a problem for one smoothness weight."""
-    system = _baseline_system(pb.baseline_x, params, smoothness)
-    if system.shape[1] == 0:
-        pb.q, pb.n_aug = None, 2 * pb.y.size
-    else:
-        pb.q, pb.n_aug = baseline_projector_basis(system), system.shape[0]
+    """(Re)build the baseline projector of a problem for one smoothness weight (cached per weight)."""
+    pb.q, pb.n_aug = _baseline_projector(pb.baseline_x, params, smoothness)
 
 
 def build_problem(fid: np.ndarray, dwell_time: float, central_frequency: float, basis: BasisSet,
@@ -462,6 +483,17 @@ def _grid_start(pb: Problem, params: FitParams, lw_hz: float) -> tuple[float, fl
     res = const - 2 * np.einsum("skp,skp->sp", c, h) + np.einsum("skp,skp->sp", c, gram @ c)
     si, pj = np.unravel_index(int(np.argmin(res)), res.shape)
     return float(res[si, pj]), float(shifts[si]), float(phases[pj]), c[si, :, pj].copy()
+
+
+def _nnls_via_qr(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, float]:
+    """``scipy.optimize.nnls(a, v)`` for a tall ``a``, solved on the K x K triangle of the QR of ``[a, v]``.
+
+    Same minimiser (``|a c - v|^2 = |R c - Q^T v|^2 + |R[K, K]|^2``), at a fraction of the cost; the residual norm
+    adds back the part of ``v`` that no column reaches."""
+    k = a.shape[1]
+    qr_r = np.linalg.qr(np.column_stack([a, v]), mode="r")
+    c, rnorm_tri = nnls(qr_r[:k, :k], qr_r[:k, -1], maxiter=50 * k)
+    return c, float(np.hypot(rnorm_tri, qr_r[k, k])) if qr_r.shape[0] > k else float(rnorm_tri)
 
 
 def _linewidth_start(pb: Problem, params: FitParams, shift: float, phi: float):
@@ -792,7 +824,7 @@ def choose_smoothness(model: LinearCombinationModel, x: np.ndarray, params: FitP
         if pb.prior_rows.shape[0]:
             a = np.vstack([a, pb.prior_rows])
             v = np.concatenate([v, np.zeros(pb.prior_rows.shape[0])])
-        c, rnorm = nnls(a, v, maxiter=50 * a.shape[1])
+        c, rnorm = _nnls_via_qr(a, v)
         k_active = int(np.count_nonzero(c))
         scores[float(w)] = float(n_eff * np.log(max(rnorm**2, 1e-300) / n2)
                                  + 2 * (pb.baseline_dimension() + k_active))
