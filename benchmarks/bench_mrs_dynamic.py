@@ -38,7 +38,10 @@ from bids_ketamine.spectroscopy.group_summary import fit_time_model_group  # noq
 from bids_ketamine.synthetic.mrs import SLOPES, FmrsSimulator  # noqa: E402
 
 
-def sessions(n: int, seed: int) -> None:
+def sessions(n: int, seed: int, phase: str | None = None) -> None:
+    from bids_ketamine.spectroscopy.dynamic_params import DynamicFitParams
+
+    dynamic = DynamicFitParams() if phase is None else DynamicFitParams(phase=phase)
     sim = FmrsSimulator()
     rng = np.random.default_rng(seed)
     slopes = list(SLOPES.values())
@@ -47,7 +50,7 @@ def sessions(n: int, seed: int) -> None:
     for i in range(n):
         slope = slopes[i % len(slopes)]
         s = simulate_session(sim, rng, slope)
-        e = estimate_session(s, sim.basis)
+        e = estimate_session(s, sim.basis, dynamic=dynamic)
         rows.append((slope, *e.dynamic, *e.dynamic_se, *e.blockwise, *e.blockwise_se, e.dynamic_seconds,
                      e.blockwise_seconds, s.planted_level))
     a = np.array(rows)
@@ -60,7 +63,8 @@ def sessions(n: int, seed: int) -> None:
         k = boot.integers(0, n, n)
         ratios.append(err_d[k].std(ddof=1) / err_b[k].std(ddof=1))
     lo, hi = np.percentile(ratios, [2.5, 97.5])
-    print(f"sessions: n = {n} ({time.perf_counter() - t0:.0f} s incl. simulation and preprocessing)")
+    print(f"sessions: n = {n}, seed {seed}, dynamic phase {dynamic.phase!r} ({time.perf_counter() - t0:.0f} s incl. "
+          "simulation and preprocessing)")
     print(f"  slope SD: dynamic {sd_d:.5f}, block-wise {sd_b:.5f} per min; ratio {sd_d / sd_b:.3f} "
           f"(bootstrap 95 % {lo:.3f}-{hi:.3f}); target <= 0.85: {'PASS' if sd_d / sd_b <= 0.85 else 'FAIL'}")
     for label, err, se in (("dynamic", err_d, dyn_se), ("block-wise", err_b, bw_se)):
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="20 sessions, 10 null studies of 6 subjects")
+    ap.add_argument("--phase", choices=("shared", "per_block", "linear"), default=None,
+                    help="phase design of the dynamic fit in the sessions part (default: DynamicFitParams' default)")
     ap.add_argument("--skip", choices=("sessions", "null"), action="append", default=[])
     ap.add_argument("--demo", action="store_true", help="also run the demo study's group level both ways")
     ap.add_argument("--demo-dir", default="", help="folder for the demo study (default: a new temporary one)")
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sessions, args.studies, args.subjects = 20, 10, 6
     if "sessions" not in args.skip:
-        sessions(args.sessions, args.seed)
+        sessions(args.sessions, args.seed, args.phase)
     if "null" not in args.skip:
         null_studies(args.studies, args.subjects, args.seed + 100)
     if args.demo:

@@ -393,7 +393,14 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
     """
     record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
                                                  "lipids", "water_removal", "priors", "sign", "press_te1",
-                                                 "intrinsic_linewidth")}
+                                                 "intrinsic_linewidth", "dynamic_nuisance")}
+    for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsdynamic.json")):
+        try:
+            settings = (json.loads(sidecar.read_text(encoding="utf-8")).get("DynamicFit") or {}).get("settings") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(settings, dict):
+            record["dynamic_nuisance"].add(tuple((k, settings.get(k)) for k in _DYNAMIC_NUISANCE))
     for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsfit.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -419,6 +426,33 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
         if sign:
             record["sign"].add(sign.get("Decision"))
     return record
+
+
+_DYNAMIC_NUISANCE = {"lineshape": "line shape", "shift": "shift", "phase": "zero- and first-order phase",
+                     "baseline": "baseline"}
+_NUISANCE_WORDS = {"shared": "shared across blocks", "per_block": "free per block", "linear": "linear in time"}
+
+
+def _dynamic_nuisance_text(recorded: set) -> str:
+    """How the dynamic fit treated its nuisance parameters across blocks: as the ``_mrsdynamic.json`` sidecars
+    recorded (when all acquisitions agree), else the defaults of :class:`DynamicFitParams` (the one place that
+    decides them)."""
+    if len(recorded) == 1:
+        settings = dict(next(iter(recorded)))
+    else:
+        from bids_ketamine.spectroscopy.dynamic_params import DynamicFitParams
+
+        settings = DynamicFitParams().model_dump(mode="json")
+    groups: dict[str, list[str]] = {}
+    for key, name in _DYNAMIC_NUISANCE.items():
+        groups.setdefault(_NUISANCE_WORDS.get(str(settings.get(key)), str(settings.get(key))), []).append(name)
+    parts = []
+    for words, names in groups.items():
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        parts.append(f"{listed} {words}")
+    text = ", ".join(parts)
+    return text + (" (settings differed between acquisitions; see the _mrsdynamic.json sidecars)"
+                   if len(recorded) > 1 else "")
 
 
 def _some(values: set, value: Any) -> str | None:
@@ -546,9 +580,9 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
             "with sex and crossover period terms and the sex x pretreatment x time interaction, time points nested "
             "in sessions within subjects, as in Jelen et al. [jelen2025].",
             ("The fitted models, as recorded with the results: " + " ".join(models)) if models else None,
-            ("Besides these block-wise fits, the blocks of every session were fitted jointly (dynamic fit: line "
-             "shape, phases, shift and baseline shared across blocks, concentrations constant before the infusion "
-             "onset and linear after it), and each session's slope and level with their standard errors from the "
+            ("Besides these block-wise fits, the blocks of every session were fitted jointly (dynamic fit: "
+             + _dynamic_nuisance_text(rec.get("dynamic_nuisance", set())) + ", concentrations constant before the "
+             "infusion onset and linear after it), and each session's slope and level with their standard errors from the "
              "joint covariance entered an inverse-variance weighted summary-statistics mixed model."
              if any(m.startswith("Dynamic fit") for m in models) else None),
             "MADRS change was modelled by condition x time.",

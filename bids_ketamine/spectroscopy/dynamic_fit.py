@@ -18,7 +18,9 @@ better precision from joint fitting). The largest gain here comes from the macro
 (``DynamicFitParams.nuisance_concentrations = "shared"``) the macromolecule and lipid components have one amplitude
 for the session, since they do not change over minutes, while a block-wise fit lets the macromolecules under
 Glx trade off against Glx in every block (on simulated sessions this halves the slope's SD; sharing line shape and
-baseline alone gives about 0.85-0.9 x block-wise).
+baseline alone gives about 0.85-0.9 x block-wise). The phases are the exception, free per block by default
+(``DynamicFitParams.phase = "per_block"``): the preprocessed block averages differ in phase, and one phase for the
+session biased the slope low by about 1.6 of its SEs on simulated sessions (docs/fmrs_dynamic_validation.md).
 
 How it is solved: the single fit of the session's weighted mean spectrum (:func:`.fit.fit_spectrum`) gives the
 start and every model decision: components fitted with the macromolecule/lipid model and its ratio priors, the

@@ -135,7 +135,7 @@ def test_dynamic_slope_is_more_precise_than_blockwise_and_calibrated(simulator):
     dyn_se = np.array([e.dynamic_se[1] for e in est])
     bw = np.array([e.blockwise[1] for e in est])
     ratio = dyn.std(ddof=1) / bw.std(ddof=1)
-    assert ratio < 0.8, ratio  # 0.5 expected (benchmark); per-block nuisance parameters give about 0.9-1
+    assert ratio < 0.8, ratio  # 0.78 on 200 sessions (benchmark); everything per block gives about 0.9-1
     err = dyn - slope
     assert abs(err.mean()) < 2.5 * err.std(ddof=1) / np.sqrt(n)
     z = err / dyn_se

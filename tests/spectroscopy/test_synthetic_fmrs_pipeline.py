@@ -175,6 +175,23 @@ def test_group_dynamic_model_recovers_planted_effect_with_a_narrower_interval(co
         "Dynamic fit")
 
 
+def test_methods_text_states_the_dynamic_fits_recorded_nuisance_designs(cohort_results):
+    """The sidecars record how each session's dynamic fit treated its nuisance parameters (default: phase per
+    block, the rest shared), and the methods text says what they recorded."""
+    from bids_ketamine.reports.boilerplate import _dynamic_nuisance_text, spectroscopy_record
+    from bids_ketamine.reports.collect import OutputFolder
+
+    _, out, _ = cohort_results
+    sidecars = sorted(out.glob("sub-*/**/*_mrsdynamic.json"))
+    assert sidecars
+    for sidecar in sidecars:
+        settings = json.loads(sidecar.read_text())["DynamicFit"]["settings"]
+        assert (settings["phase"], settings["lineshape"], settings["shift"], settings["baseline"]) == (
+            "per_block", "shared", "shared", "shared"), sidecar
+    text = _dynamic_nuisance_text(spectroscopy_record(OutputFolder.read(out))["dynamic_nuisance"])
+    assert text == "line shape, shift and baseline shared across blocks, zero- and first-order phase free per block"
+
+
 def test_group_madrs_model(cohort_results):
     _, out, _ = cohort_results
     stats = pd.read_csv(out / "group" / "spectroscopy" / "desc-madrslmm_stats.tsv", sep="\t")
