@@ -734,8 +734,7 @@ def _conditional_amplitudes(model: LinearCombinationModel, x: np.ndarray) -> tup
         a = np.vstack([a, -pb.prior_rows])
         v = np.concatenate([v, np.zeros(pb.prior_rows.shape[0])])
     # QR first: NNLS on the K x K triangle has the same solution as on the tall system, at a fraction of the cost
-    qr_r = np.linalg.qr(np.column_stack([a, v]), mode="r")
-    c, _ = nnls(qr_r[: a.shape[1], : a.shape[1]], qr_r[: a.shape[1], -1], maxiter=50 * a.shape[1])
+    c, _ = _nnls_via_qr(a, v)
     return c, v - a @ c
 
 
