@@ -15,7 +15,7 @@ import pandas as pd
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.structural.bundle import ModelBundle, library_versions
-from bids_ketamine.structural.predict import training_reference
+from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE, model_removes_site_effects, training_reference
 
 LIMITATIONS = (
     "Trained on one discovery cohort; performance outside its sites, scanners, age and TIV range is unknown.",
@@ -74,7 +74,9 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
         "harmonisation": {
             "method": "ComBat (empirical Bayes, fitted on the training subjects; covariates kept: "
                       + (", ".join(reference["covariates"]) or "none") + ")" if params.harmonize else "none",
-            "sites": reference["sites"],
+            "sites": reference["sites"], "site_known": reference["site_known"],
+            "removes_site_effects": model_removes_site_effects(results.final_model),
+            **({"no_site_column": IMPLICIT_SITE_NOTE} if not reference["site_known"] else {}),
             "unseen_site": f"estimated from its own subjects in the scored batch when it has at least "
                            f"{params.min_unseen_site_size}; otherwise left un-harmonised and flagged"},
         "training_cohort": {"n": int(y.size), "n_positive": int(y.sum()), "sites": reference["sites"],
