@@ -85,6 +85,9 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
         "validation": {"scheme": params.cv, "outer_folds": results.folds[0], "inner_folds": results.folds[1],
                        "repeats": params.repeats, "n_permutations": params.n_permutations},
         "metrics": _metric_rows(results.metrics),
+        # what the training run warned about (folds lowered, subjects left out, unseen sites...): a run that applies
+        # the model repeats them, so its report shows the caveats of the model it used
+        "training_notes": list(results.notes),
         "calibration": {"method": "Platt sigmoid fitted on the discovery cohort's out-of-fold scores of the final "
                                   "model's recipe (C fixed, outer folds of the nested CV, mean over repeats); "
                                   "Brier score and ECE on cross-fitted probabilities",
