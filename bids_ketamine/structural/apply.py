@@ -163,7 +163,9 @@ def run_apply(output_dir: Path, *, participants: pd.DataFrame, params, wording, 
     outputs = [writer.write_table(table_out, entities=base, suffix="predictions", datatype=DATATYPE,
                                   columns=columns, sources=[params.model_file, *paths], float_format="%.12g",
                                   metadata={"ModelCard": card["model"], "ModelChecksum": card["checksum"],
-                                            "Outcome": wording.phrase},
+                                            "Outcome": wording.phrase,
+                                            "Warnings": [f"model training: {note}"
+                                                         for note in card.get("training_notes", [])]},
                                   description="Participants scored by a saved structural model (no training)")]
     for subject, summary, figure_args in per_subject:
         entities = {"sub": subject, "atlas": atlas, "desc": "model"}

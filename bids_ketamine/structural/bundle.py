@@ -155,6 +155,8 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"{cal['ece']:.3f} ({cal['n_bins']} bins). Decision threshold: {card['decision_threshold']['rule']} "
               f"(calibrated probability there: {card['decision_threshold']['probability_at_threshold']:.3f}).",
               "", "## Limitations", "", *(f"- {item}" for item in card["limitations"]), "",
+              *(["## Training run warnings", "", *(f"- {note}" for note in card["training_notes"]), ""]
+                if card.get("training_notes") else []),
               "## Checksum", "", f"SHA-256 of the .skops file: `{card['checksum']['value']}`", ""]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bids_ketamine.__about__ import __version__
 from bids_ketamine.structural.bundle import ModelBundle, library_versions
-from bids_ketamine.structural.predict import training_reference
+from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE, model_removes_site_effects, training_reference
 
 LIMITATIONS = (
     "Trained on one discovery cohort; performance outside its sites, scanners, age and TIV range is unknown.",
@@ -74,7 +74,9 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
         "harmonisation": {
             "method": "ComBat (empirical Bayes, fitted on the training subjects; covariates kept: "
                       + (", ".join(reference["covariates"]) or "none") + ")" if params.harmonize else "none",
-            "sites": reference["sites"],
+            "sites": reference["sites"], "site_known": reference["site_known"],
+            "removes_site_effects": model_removes_site_effects(results.final_model),
+            **({"no_site_column": IMPLICIT_SITE_NOTE} if not reference["site_known"] else {}),
             "unseen_site": f"estimated from its own subjects in the scored batch when it has at least "
                            f"{params.min_unseen_site_size}; otherwise left un-harmonised and flagged"},
         "training_cohort": {"n": int(y.size), "n_positive": int(y.sum()), "sites": reference["sites"],
@@ -83,6 +85,9 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
         "validation": {"scheme": params.cv, "outer_folds": results.folds[0], "inner_folds": results.folds[1],
                        "repeats": params.repeats, "n_permutations": params.n_permutations},
         "metrics": _metric_rows(results.metrics),
+        # what the training run warned about (folds lowered, subjects left out, unseen sites...): a run that applies
+        # the model repeats them, so its report shows the caveats of the model it used
+        "training_notes": list(results.notes),
         "calibration": {"method": "Platt sigmoid fitted on the discovery cohort's out-of-fold scores of the final "
                                   "model's recipe (C fixed, outer folds of the nested CV, mean over repeats); "
                                   "Brier score and ECE on cross-fitted probabilities",

@@ -194,6 +194,10 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
     if dropped:
         notes.append(f"{dropped} discovery subject(s) without an outcome were left out")
     y = table.loc[disc, "outcome"].to_numpy(dtype=int)
+    if "site_known" in table and not table.loc[disc, "site_known"].fillna(True).astype(bool).any():
+        from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE
+
+        notes.append(IMPLICIT_SITE_NOTE)
     if params.cv == "stratified":
         check_cohort(y, 2, what="discovery cohort", path=source)
         outer_folds, inner_folds, fold_notes = feasible_folds(y, params.outer_folds, params.inner_folds,

@@ -9,6 +9,10 @@ scored) when
   distance under a Ledoit-Wolf covariance) than every training subject was;
 - ``site_unknown``: participants.tsv has no site column, so the site is not known: never matched to a training
   site (even one of the default name ``site1``), scored un-harmonised;
+- a model trained without a site column (one implicit site) removes no site effect; a participant without a site
+  column is then one of that same implicit site, as the external cohort of the training run was: scored the same
+  way (un-harmonised, identical scores), neither ``site_unknown``-flagged nor ``unseen_site``
+  (``site_rule_of`` decides it for both paths);
 - ``unseen_site``: the site was not in training. The subjects of such a site in the scored batch are harmonised
   from their own features when there are at least ``min_unseen_site_size`` of them, else left un-harmonised; the
   ``harmonisation`` column says which.
@@ -31,6 +35,34 @@ from bids_ketamine.structural.model import SITE_COLUMN, model_frame
 FLAG_COLUMNS = ("ood_age", "ood_tiv", "ood_features", "site_unknown", "unseen_site")
 #: Harmonisation of a participant whose site is unknown.
 SITE_UNKNOWN_HARMONISATION = "site unknown: not harmonised"
+#: Harmonisation by a model that removes no site effect (one training site, or harmonisation off).
+NO_SITE_EFFECT_HARMONISATION = "none: the model removes no site effect (one training site or harmonisation off)"
+#: Harmonisation of a participant without a site column scored by a model trained without one.
+IMPLICIT_SITE_HARMONISATION = ("none: no site column here nor in training (one implicit site, as in the training "
+                               "run)")
+
+#: The training run's note for a participants.tsv without a site column (the rule of ``site_rule_of``).
+IMPLICIT_SITE_NOTE = ("participants.tsv has no site column: every participant is one implicit site, so there is "
+                      "no site effect to harmonise; a saved model scores participants without a site column the "
+                      "same way (identical scores), and flags them only when it was trained on known sites")
+
+
+def model_removes_site_effects(pipeline) -> bool:
+    """Whether the pipeline's ComBat step removes any site effect: off, or fitted on one site, it passes features
+    through unchanged (``combat.apply_combat``), whatever site a participant is given."""
+    combat = dict(pipeline.steps).get("combat")
+    model = getattr(combat, "model_", None)
+    return bool(model is not None and model.sites)
+
+
+def site_rule_of(reference: dict, site_known) -> np.ndarray:
+    """The one rule for participants without a site column, shared by the training run and ``group --model``:
+    True where the participant is of the model's own implicit site (the model was trained without a site column
+    and this participant has none either). Such participants are scored as the training run scored its external
+    cohort -- one site with the training subjects -- and are not flagged; elsewhere an unknown site is flagged.
+    Bundles written before ``site_known`` was recorded count as trained on known sites."""
+    unknown = ~pd.Series(site_known).fillna(True).astype(bool).to_numpy()
+    return unknown & (not reference.get("site_known", True))
 
 
 def scoring_sites(table: pd.DataFrame) -> np.ndarray:
@@ -58,6 +90,7 @@ def training_reference(pipeline, frame: pd.DataFrame, table: pd.DataFrame, *, oo
     cov = LedoitWolf().fit(z)
     distances = out_of_fold_distances(z, np.asarray(labels, dtype=int))
     sites, counts = np.unique(frame[SITE_COLUMN].astype(str), return_counts=True)
+    site_known = bool(table["site_known"].fillna(True).astype(bool).all()) if "site_known" in table else True
 
     def _range(column):
         values = pd.to_numeric(table[column], errors="coerce").dropna() if column in table else pd.Series([])
@@ -66,7 +99,7 @@ def training_reference(pipeline, frame: pd.DataFrame, table: pd.DataFrame, *, oo
     return {"feature_names": [c for c in frame.columns if not c.startswith("__")],
             "covariates": [c for c in frame.columns if c.startswith("__cov_")],
             "atlas": atlas, "feature_source": list(feature_source),
-            "sites": {str(s): int(n) for s, n in zip(sites, counts)},
+            "sites": {str(s): int(n) for s, n in zip(sites, counts)}, "site_known": site_known,
             "age_range": _range("age"), "tiv_range": _range("tiv_mm3"),
             "ood_location": cov.location_, "ood_precision": cov.precision_,
             "ood_threshold": float(distances.max()), "min_unseen_site_size": int(min_unseen_site_size),
@@ -134,6 +167,7 @@ def score_frame(bundle, frame: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFram
     unseen = ~np.isin(sites, list(ref["sites"]))
     site_n = pd.Series(sites).map(pd.Series(sites).value_counts()).to_numpy()
     harmonised_alone = unseen & (site_n >= ref["min_unseen_site_size"])
+    harmonises = model_removes_site_effects(bundle.pipeline)
     distance = _mahalanobis(z, np.asarray(ref["ood_location"]), np.asarray(ref["ood_precision"]))
     return pd.DataFrame({
         "score": scores,
@@ -145,7 +179,8 @@ def score_frame(bundle, frame: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFram
         "unseen_site": unseen,
         "harmonisation": np.where(~unseen, "training site", np.where(
             harmonised_alone, "unseen site: estimated from its own subjects in this batch",
-            f"unseen site with fewer than {ref['min_unseen_site_size']} subjects: not harmonised")),
+            f"unseen site with fewer than {ref['min_unseen_site_size']} subjects: not harmonised"))
+        if harmonises else NO_SITE_EFFECT_HARMONISATION,
     }, index=frame.index)
 
 
@@ -170,7 +205,7 @@ def flag_reasons(row: pd.Series, reference: dict) -> str:
     if row.get("ood_features"):
         out.append(f"feature vector farther from the training centre ({row['feature_distance']:.3g}) than any "
                    f"training subject ({reference['ood_threshold']:.3g})")
-    if row.get("site_unknown"):
+    if row.get("site_unknown") and reference.get("site_known", True):
         out.append("site unknown (participants.tsv has no site column): not matched to a training site, "
                    "not harmonised")
     elif row.get("unseen_site"):
@@ -203,7 +238,10 @@ def score_participants(bundle, features: pd.DataFrame, table: pd.DataFrame, cova
     out["ood_tiv"] = outside(table["tiv_mm3"], ref["tiv_range"])
     out["site_unknown"] = ~table["site_known"].fillna(True).astype(bool).to_numpy() if "site_known" in table \
         else False
+    implicit = site_rule_of(ref, table["site_known"]) if "site_known" in table else np.zeros(len(out), dtype=bool)
     out.loc[out["site_unknown"], "harmonisation"] = SITE_UNKNOWN_HARMONISATION
+    out.loc[implicit, "harmonisation"] = IMPLICIT_SITE_HARMONISATION
+    out.loc[implicit, "unseen_site"] = False
     out.loc[out["site_unknown"], "site"] = "n/a"
     merged = out.join(table[[c for c in ("age", "tiv_mm3") if c in table]])
     out["flags"] = [flag_reasons(row, ref) for _, row in merged.iterrows()]

@@ -355,3 +355,78 @@ def test_a_model_records_its_template_space_and_refuses_maps_of_another(trained,
     assert ("template space MNI152NLin2009cAsym, the model was trained on maps in MNI152NLin2009aSym"
             in str(info.value))
     assert _snapshot(new) == before
+
+
+def test_without_a_site_column_in_run_and_saved_model_scores_agree(tmp_path):
+    """participants.tsv without a site column, in training and when applying: the training run's one implicit site
+    and the applied path's "site unknown" are the same rule (nothing to harmonise: the model has no site effect),
+    so the saved model reproduces the in-run external scores to 1e-9, the harmonisation column says so and the
+    participants are not flagged for a site that the model never distinguished."""
+    from bids_ketamine.design import DEFAULT_SITE
+
+    cohort = simulate_cohort(N_DISC + N_EXT, 16, mahalanobis=2.5, n_frontal=4, n_cerebellar=2, n_sites=1, seed=37)
+    tiv = cohort.covariates["tiv"].to_numpy()
+    out = tmp_path / "train"
+    ids = [f"s{i:03d}" for i in range(N_DISC + N_EXT)]
+    _write_tables(out, cohort.features, tiv, ids)
+    participants = pd.concat([_participants(cohort, slice(0, N_DISC), ids[:N_DISC]),
+                              _participants(cohort, slice(N_DISC, N_DISC + N_EXT), ids[N_DISC:],
+                                            group="external")], ignore_index=True)
+    participants = participants.assign(site=DEFAULT_SITE, site_known=False)  # as participants_table writes it
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, calibration_bootstrap=50,
+                              anat={"atlas_name": "toy"})
+    outputs = run_group(out, participants=participants, sessions=pd.DataFrame(), params=params, design=None,
+                        writer=DerivativesWriter(out), work_dir=tmp_path / "work", seed=5)
+    bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
+    in_run = pd.read_csv(next(p for p in outputs if p.name.endswith("desc-svm_predictions.tsv")), sep="\t") \
+        .query("cohort == 'external'").set_index("participant_id")
+    applied_out = tmp_path / "apply"
+    for sub in ids[N_DISC:]:
+        shutil.copytree(out / f"sub-{sub}", applied_out / f"sub-{sub}")
+    external = participants.query("cohort == 'external'").reset_index(drop=True)
+    applied = _applied(_apply(applied_out, external, bundle, tmp_path / "w2")).set_index("participant_id")
+    assert sorted(applied.index) == sorted(in_run.index)
+    for column in ("score", "probability", "probability_low", "probability_high"):
+        assert np.max(np.abs(applied.loc[in_run.index, column] - in_run[column])) < 1e-9, column
+    assert applied["site_unknown"].all()
+    assert applied["harmonisation"].str.startswith("none").all(), applied["harmonisation"].tolist()
+    assert not applied["flags"].str.contains("site").any(), applied["flags"].tolist()
+
+
+def test_group_report_of_an_applied_model_lists_flags_and_the_models_fold_warnings(tmp_path):
+    """The group report of a ``group --model`` run lists, in its warnings, each flagged participant's
+    out-of-distribution reason (here a TIV far outside the training range) and the fold warnings of the training
+    run that made the model (4 + 4 subjects: outer folds lowered), so a reader of the applied run sees both."""
+    cohort = simulate_cohort(40, 16, mahalanobis=2.5, n_frontal=4, n_cerebellar=2, n_sites=1, seed=41)
+    labels = cohort.labels.to_numpy() if hasattr(cohort.labels, "to_numpy") else np.asarray(cohort.labels)
+    rows = np.concatenate([np.flatnonzero(labels == 1)[:4], np.flatnonzero(labels == 0)[:4]])
+    new_rows = np.flatnonzero(labels == 1)[4:6]
+    tiv = cohort.covariates["tiv"].to_numpy()
+    train = tmp_path / "train"
+    ids = [f"t{i:02d}" for i in range(rows.size)]
+    _write_tables(train, cohort.features.iloc[rows], tiv[rows], ids)
+    participants = pd.DataFrame({"participant_id": ids, "site": "A", "sex": "F", "age": 40.0, "arm": "ketamine",
+                                 "cohort": "discovery", "outcome": labels[rows].astype(float)})
+    params = StructuralParams(repeats=1, n_permutations=0, n_bootstrap=0, calibration_bootstrap=20,
+                              anat={"atlas_name": "toy"})
+    outputs = run_group(train, participants=participants, sessions=pd.DataFrame(), params=params, design=None,
+                        writer=DerivativesWriter(train), work_dir=tmp_path / "work", seed=5)
+    bundle = next(p for p in outputs if p.name.endswith("_model.skops"))
+    notes = json.loads(bundle.with_suffix(".json").read_text())["training_notes"]
+    assert any("outer_folds lowered" in n for n in notes), notes
+
+    out = tmp_path / "out"
+    _write_tables(out, cohort.features.iloc[new_rows], np.array([1.0, 3.0]) * np.median(tiv[rows]), ["p1", "p2"])
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "two patients", "BIDSVersion": "1.9.0"}))
+    pd.DataFrame({"participant_id": ["sub-p1", "sub-p2"], "site": "A", "sex": "F", "age": 40}).to_csv(
+        bids / "participants.tsv", sep="\t", index=False)
+    code = main([str(bids), str(out), "group", "--model", str(bundle), "--skip-bids-validation", "--nprocs", "1",
+                 "-w", str(tmp_path / "w2")])
+    assert code == 0
+    page = (out / "group.html").read_text()
+    warnings_part = page[page.index('id="errors"'):]
+    flagged = [item for item in warnings_part.split("<li") if "desc-model_prediction.json: Warnings" in item]
+    assert len(flagged) == 1 and "sub-p2" in flagged[0] and "TIV" in flagged[0], flagged
+    assert "model training: structural.outer_folds lowered" in warnings_part
