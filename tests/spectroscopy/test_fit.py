@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from bids_ketamine.errors import BadDataError
 from bids_ketamine.spectroscopy.basis import BasisSet
 from bids_ketamine.spectroscopy.basis_io import read_fid_folder
-from bids_ketamine.spectroscopy.fit import fit_spectrum, nnls_gram_batch
+from bids_ketamine.spectroscopy.fit import fit_spectrum, nnls_gram_batch, penalised_covariance
 from bids_ketamine.spectroscopy.fit_params import FitParams
 from bids_ketamine.spectroscopy.fit_simulation import noiseless_fid, simulate_spectrum
 from bids_ketamine.spectroscopy.sign_convention import decide
@@ -131,6 +131,30 @@ def test_low_snr_spectra_fit_without_failure(challenge_basis):
         assert res.success and np.all(np.isfinite(res.concentrations))
         assert res.concentration("tNAA") == pytest.approx(sum(sim.concentrations[m] for m in ("NAA", "NAAG")),
                                                            rel=0.15)
+
+
+def test_penalised_covariance_is_the_error_covariance_under_the_prior():
+    """Linear model with one soft-constraint row per parameter (the form of the fit's ratio-prior rows, weighted by
+    the noise SD): over truths drawn from that prior and noise, the error of the penalised least-squares estimate
+    has the covariance ``penalised_covariance`` reports (ground truth: the sampled errors), while the data rows
+    alone overstate it."""
+    rng = np.random.default_rng(11)
+    n, k, sigma = 40, 3, 0.5
+    a = rng.standard_normal((n, k))
+    prior_mean, prior_sd = np.array([1.0, 2.0, 0.5]), np.array([0.3, 5.0, 0.1])
+    prior_rows = sigma * np.diag(1 / prior_sd)
+    jac = np.vstack([a, prior_rows])
+    errors = []
+    for _ in range(4000):
+        truth = prior_mean + prior_sd * rng.standard_normal(k)
+        y = a @ truth + sigma * rng.standard_normal(n)
+        est = np.linalg.lstsq(jac, np.concatenate([y, prior_rows @ prior_mean]), rcond=None)[0]
+        errors.append(est - truth)
+    empirical = np.cov(np.array(errors).T)
+    reported = penalised_covariance(jac, sigma ** 2)
+    np.testing.assert_allclose(np.sqrt(np.diag(reported)), np.sqrt(np.diag(empirical)), rtol=0.05)
+    data_only = np.linalg.inv(a.T @ a) * sigma ** 2
+    assert data_only[2, 2] > 2 * reported[2, 2]  # the tight prior on the third parameter narrows its bound
 
 
 @pytest.mark.realdata
