@@ -158,8 +158,15 @@ def test_penalised_covariance_is_the_error_covariance_under_the_prior():
 
 
 @pytest.mark.realdata
-def test_crlb_matches_empirical_spread(challenge_basis):
-    """60 noise realisations of one spectrum: reported CRLB / empirical SD within a factor 1.5."""
+def test_crlb_matches_the_error_about_the_planted_truth(challenge_basis):
+    """60 noise realisations of one spectrum: reported CRLB / RMS error about the planted truth within a factor 1.5.
+
+    Why the error about the truth and not the spread about the estimates' own mean: with the default (LCModel's)
+    ratio priors, weakly determined metabolites (GABA here) are pulled towards their typical ratio, so their estimates
+    are biased and narrowly spread. The reported bound includes the prior's information (a posterior SD), which
+    bounds the error about the truth (measured: CRLB / RMS error 0.83-1.13 for all nine targets), not the spread of a
+    biased estimator (GABA 2.19). For the unbiased, data-determined targets the two are the same.
+    """
     rng = np.random.default_rng(5)
     sim = simulate_spectrum(challenge_basis, rng, snr=1e9)
     clean = noiseless_fid(challenge_basis, sim.concentrations, lorentzian_hz=sim.lorentzian_hz,
@@ -170,15 +177,19 @@ def test_crlb_matches_empirical_spread(challenge_basis):
     targets = ["NAA", "tCr", "tCho", "mI", "Glu", "Glx", "Gln", "GSH", "GABA"]
     est = {t: [] for t in targets}
     crlb = {t: [] for t in targets}
+    truth = {}
     for _ in range(60):
         fid = sim.fid + sd * (rng.standard_normal(clean.size) + 1j * rng.standard_normal(clean.size))
         res = fit_spectrum(fid, DWELL, CF, challenge_basis, FitParams())
         for t in targets:
+            members = res.sums[t] if t in res.sums else (challenge_basis.names[challenge_basis.index(t)],)
+            truth[t] = sum(sim.concentrations[m] for m in members)
             est[t].append(res.concentration(t))
             crlb[t].append(res.crlb(t))
     for t in targets:
         # a component fitted at zero has no relative bound (CRLB n/a): the median is over the finite ones
-        ratio = np.nanmedian(crlb[t]) / np.std(est[t], ddof=1)
+        rms_error = np.sqrt(np.mean((np.asarray(est[t]) - truth[t]) ** 2))
+        ratio = np.nanmedian(crlb[t]) / rms_error
         assert 1 / 1.5 <= ratio <= 1.5, (t, ratio)
 
 
