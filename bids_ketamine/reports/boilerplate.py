@@ -392,7 +392,8 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
     aligned. Each value is the set of what the acquisitions recorded (one element when all agree).
     """
     record: dict[str, set] = {k: set() for k in ("averaging", "ecc", "aligned", "screen", "macromolecules",
-                                                 "lipids", "water_removal", "priors", "sign", "press_te1",
+                                                 "lipids", "water_removal", "priors", "metabolite_priors", "sign",
+                                                 "press_te1",
                                                  "intrinsic_linewidth", "dynamic_nuisance")}
     for sidecar in sorted(folder.root.glob("sub-*/**/*_mrsdynamic.json")):
         try:
@@ -418,6 +419,10 @@ def spectroscopy_record(folder: OutputFolder) -> dict[str, set]:
         removal = [r for r in data.get("ResidualWaterRemoval") or [] if r]
         record["water_removal"].add(removal[0].get("Method") if removal else None)
         record["priors"].add(bool(data.get("RatioPriors")))
+        for label in data.get("RatioPriors") or []:
+            numerator = str(label).split("/", 1)[0]
+            if not numerator.startswith(("MM", "Lip")):
+                record["metabolite_priors"].add(numerator)
         basis = data.get("Basis") or {}
         if basis.get("PressTE1"):
             record["press_te1"].add(float(basis["PressTE1"]))
@@ -543,6 +548,10 @@ def _spectroscopy_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
         model_text.append("no macromolecule or lipid components")
     if True in rec.get("priors", set()):
         model_text.append("soft ratio constraints between those components, as in LCModel")
+    if rec.get("metabolite_priors"):
+        model_text.append("LCModel's default soft priors on weakly determined metabolites ("
+                          + ", ".join(sorted(rec["metabolite_priors"])) + "), which pull them towards typical "
+                          "ratios; their uncertainties include that prior information")
     if rec.get("sign"):
         model_text.append("the spectrum's sign convention decided once per acquisition from the positions of the "
                           "NAA, creatine and choline singlets after water removal")

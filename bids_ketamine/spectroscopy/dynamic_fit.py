@@ -49,7 +49,7 @@ from scipy.optimize import least_squares
 
 from bids_ketamine.errors import BadDataError
 from bids_ketamine.spectroscopy.basis import canonical_name, is_macromolecule
-from bids_ketamine.spectroscopy.fit import component_weights
+from bids_ketamine.spectroscopy.fit import component_weights, penalised_covariance
 from bids_ketamine.spectroscopy.dynamic_params import DynamicFitParams
 from bids_ketamine.spectroscopy.fit_params import FitParams
 from bids_ketamine.spectroscopy.time_model import (
@@ -562,7 +562,7 @@ def fit_dynamic(block_fids: np.ndarray, dwell_time: float, central_frequency: fl
     dof = max(int(round(model.n_rows_data - int(free.sum()) - baseline_dim)), 1)
     sigma2 = float(r @ r) / dof
     cov_all = np.zeros((model.n_par, model.n_par))
-    cov_all[np.ix_(free, free)] = np.linalg.pinv(jf.T @ jf) * sigma2
+    cov_all[np.ix_(free, free)] = penalised_covariance(jf, sigma2)
 
     comp_of_coef = np.repeat(np.arange(model.k), [d.n_columns for d in designs])
     units = pb.units[comp_of_coef]

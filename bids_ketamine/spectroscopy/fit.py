@@ -25,7 +25,8 @@ How it is solved:
 4. Baseline stiffness from the data (``baseline_smoothness="auto"``): at the refined nonlinear parameters, each
    candidate penalty weight gets its NNLS concentrations and an Akaike score ``N log(RSS / N) + 2 (ED + K)`` with
    the baseline's effective dimension ``ED`` (trace of its hat matrix); the best weight is refined once more.
-5. CRLBs: ``sigma^2 (J^T J)^-1`` with the baseline-projected Jacobian ``J`` (prior rows included) at the solution,
+5. CRLBs: ``sigma^2 (J^T J)^-1`` with the baseline-projected Jacobian ``J`` (prior rows included: the posterior
+   covariance, :func:`penalised_covariance`) at the solution,
    ``sigma`` from the fit residual (or a signal-free window); sums such as Glx use the covariance between members.
 6. QC (:func:`fit_quality`): optimiser not converged, nonlinear parameters at their bounds, tNAA/tCr CRLB, linewidth
    and SNR limits; every failure is a reason string in ``FitResult.qc_reasons``.
@@ -777,6 +778,19 @@ def _start(pb: Problem, params: FitParams, model: LinearCombinationModel) -> tup
     return x0, phi0
 
 
+def penalised_covariance(jacobian: np.ndarray, sigma2: float) -> np.ndarray:
+    """Covariance ``sigma^2 (J^T J)^+`` of the penalised least-squares fit: the inverse Fisher information of the
+    objective the fit minimises, data rows and soft-constraint rows (ratio priors, shift priors) alike.
+
+    ``jacobian`` is the full residual Jacobian over the free parameters, data rows followed by the prior rows; the
+    prior rows are already weighted by the data noise SD (:meth:`Problem.set_priors`), so one ``sigma^2`` scales
+    both. This is the posterior covariance, as LCModel's SDs include its prior information: where a prior dominates
+    a component, it is wider than that component's spread over noise realisations (the prior also holds the estimate
+    near the prior ratio, a bias the spread does not show). Static and dynamic fits both use it.
+    """
+    return np.linalg.pinv(jacobian.T @ jacobian) * sigma2
+
+
 def _data_sigma(model: LinearCombinationModel, x: np.ndarray) -> float:
     """Noise SD per stacked point of the normalised data from the data rows of the residual."""
     n2 = 2 * model.pb.y.size
@@ -972,7 +986,7 @@ def _result(model, x, out, free, params, basis, prepared, removal, original, fid
     dof = max(n_data - len(free) - pb.baseline_dimension(), 1)
     rss = float(r[:n_data] @ r[:n_data])
     sigma2 = rss / dof
-    cov_all = np.linalg.pinv(jfull.T @ jfull) * sigma2
+    cov_all = penalised_covariance(jfull, sigma2)
     comp_fid, group_fid, phase, model_spec = model.evaluate(x)
     stacked_res = _stack(pb.y - model_spec)
     if pb.q is not None:

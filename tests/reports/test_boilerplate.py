@@ -189,3 +189,20 @@ def test_methods_name_the_voxel_feature_type(tmp_path):
     assert "used as voxel-wise features: smoothed with a 8 mm FWHM" in voxel
     assert "isotropic 6 mm MNI152 grid" in voxel and "summarised as regional GM volumes" not in voxel
     assert "PCA fitted in the training folds (keeping 0.9 of the variance)" in voxel
+
+
+def test_methods_name_the_metabolite_priors_the_fits_recorded(tmp_path):
+    """The fits' sidecars list their ratio priors: metabolite priors (LCModel's defaults) are named in the methods,
+    MM/lipid-only priors are not described as metabolite priors."""
+    out = _run_folder(tmp_path, analyses=("spectroscopy",))
+    sidecar = out / "sub-01" / "mrs" / "sub-01_mrsfit.json"
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    mm_only = ["MM20/MM09 = 1.5 +- 0.375"]
+    sidecar.write_text(json.dumps({"RatioPriors": mm_only, "Macromolecules": "model"}))
+    text = _text(out)
+    assert "soft ratio constraints" in text and "weakly determined metabolites" not in text
+    sidecar.write_text(json.dumps({"RatioPriors": mm_only + ["GABA/NAA+NAAG+Cr+PCr+GPC+PCh = 0.03 +- 0.03",
+                                                             "GSH/Gln+GSH = 0.286 +- 0.126"],
+                                   "Macromolecules": "model"}))
+    text = _text(out)
+    assert re.search(r"weakly determined metabolites \(GABA, GSH\)", text), text

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from bids_ketamine.errors import BadDataError
 from bids_ketamine.spectroscopy.basis import BasisSet
 from bids_ketamine.spectroscopy.basis_io import read_fid_folder
-from bids_ketamine.spectroscopy.fit import fit_spectrum, nnls_gram_batch
+from bids_ketamine.spectroscopy.fit import fit_spectrum, nnls_gram_batch, penalised_covariance
 from bids_ketamine.spectroscopy.fit_params import FitParams
 from bids_ketamine.spectroscopy.fit_simulation import noiseless_fid, simulate_spectrum
 from bids_ketamine.spectroscopy.sign_convention import decide
@@ -133,9 +133,40 @@ def test_low_snr_spectra_fit_without_failure(challenge_basis):
                                                            rel=0.15)
 
 
+def test_penalised_covariance_is_the_error_covariance_under_the_prior():
+    """Linear model with one soft-constraint row per parameter (the form of the fit's ratio-prior rows, weighted by
+    the noise SD): over truths drawn from that prior and noise, the error of the penalised least-squares estimate
+    has the covariance ``penalised_covariance`` reports (ground truth: the sampled errors), while the data rows
+    alone overstate it."""
+    rng = np.random.default_rng(11)
+    n, k, sigma = 40, 3, 0.5
+    a = rng.standard_normal((n, k))
+    prior_mean, prior_sd = np.array([1.0, 2.0, 0.5]), np.array([0.3, 5.0, 0.1])
+    prior_rows = sigma * np.diag(1 / prior_sd)
+    jac = np.vstack([a, prior_rows])
+    errors = []
+    for _ in range(4000):
+        truth = prior_mean + prior_sd * rng.standard_normal(k)
+        y = a @ truth + sigma * rng.standard_normal(n)
+        est = np.linalg.lstsq(jac, np.concatenate([y, prior_rows @ prior_mean]), rcond=None)[0]
+        errors.append(est - truth)
+    empirical = np.cov(np.array(errors).T)
+    reported = penalised_covariance(jac, sigma ** 2)
+    np.testing.assert_allclose(np.sqrt(np.diag(reported)), np.sqrt(np.diag(empirical)), rtol=0.05)
+    data_only = np.linalg.inv(a.T @ a) * sigma ** 2
+    assert data_only[2, 2] > 2 * reported[2, 2]  # the tight prior on the third parameter narrows its bound
+
+
 @pytest.mark.realdata
-def test_crlb_matches_empirical_spread(challenge_basis):
-    """60 noise realisations of one spectrum: reported CRLB / empirical SD within a factor 1.5."""
+def test_crlb_matches_the_error_about_the_planted_truth(challenge_basis):
+    """60 noise realisations of one spectrum: reported CRLB / RMS error about the planted truth within a factor 1.5.
+
+    Why the error about the truth and not the spread about the estimates' own mean: with the default (LCModel's)
+    ratio priors, weakly determined metabolites (GABA here) are pulled towards their typical ratio, so their estimates
+    are biased and narrowly spread. The reported bound includes the prior's information (a posterior SD), which
+    bounds the error about the truth (measured: CRLB / RMS error 0.83-1.13 for all nine targets), not the spread of a
+    biased estimator (GABA 2.19). For the unbiased, data-determined targets the two are the same.
+    """
     rng = np.random.default_rng(5)
     sim = simulate_spectrum(challenge_basis, rng, snr=1e9)
     clean = noiseless_fid(challenge_basis, sim.concentrations, lorentzian_hz=sim.lorentzian_hz,
@@ -146,15 +177,19 @@ def test_crlb_matches_empirical_spread(challenge_basis):
     targets = ["NAA", "tCr", "tCho", "mI", "Glu", "Glx", "Gln", "GSH", "GABA"]
     est = {t: [] for t in targets}
     crlb = {t: [] for t in targets}
+    truth = {}
     for _ in range(60):
         fid = sim.fid + sd * (rng.standard_normal(clean.size) + 1j * rng.standard_normal(clean.size))
         res = fit_spectrum(fid, DWELL, CF, challenge_basis, FitParams())
         for t in targets:
+            members = res.sums[t] if t in res.sums else (challenge_basis.names[challenge_basis.index(t)],)
+            truth[t] = sum(sim.concentrations[m] for m in members)
             est[t].append(res.concentration(t))
             crlb[t].append(res.crlb(t))
     for t in targets:
         # a component fitted at zero has no relative bound (CRLB n/a): the median is over the finite ones
-        ratio = np.nanmedian(crlb[t]) / np.std(est[t], ddof=1)
+        rms_error = np.sqrt(np.mean((np.asarray(est[t]) - truth[t]) ** 2))
+        ratio = np.nanmedian(crlb[t]) / rms_error
         assert 1 / 1.5 <= ratio <= 1.5, (t, ratio)
 
 

@@ -39,7 +39,7 @@ def comparison(peer_setup, tmp_path_factory):
     rng = np.random.default_rng(17)
     errors = {"ours": {t: [] for t in TARGETS}, "lcmodel": {t: [] for t in TARGETS}}
     work = tmp_path_factory.mktemp("lcm")
-    params = FitParams(ratio_priors="lcmodel")
+    params = FitParams()  # the defaults: LCModel's ratio priors, as LCModel fits
     for _ in range(N_SPECTRA):
         spec = make_peer_spectrum(basis, rng, water_times_naa=10 ** rng.uniform(0, 2))
         ours = fit_spectrum(spec.fid, DWELL, CF, basis, params, echo_time=0.03)

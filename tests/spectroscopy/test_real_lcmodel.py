@@ -2,8 +2,8 @@
 
 The real 3T Philips PRESS spectrum (TE 30 ms) of ``../shared/data/lcmodel_test_lcm`` with LCModel's basis
 ``3t.basis``: our ratios to tCr must agree with LCModel's reference table (``derivatives/lcmodel``), which LCModel
-6.3 made from the same data. The comparison uses LCModel's own ratio priors (``ratio_priors = "lcmodel"``), as a
-comparison of two fitters should; the dataset's ``participants.tsv`` has only ``participant_id`` and the app's
+6.3 made from the same data. The comparison runs at the app's defaults, whose ratio priors are LCModel's own
+(``ratio_priors = "lcmodel"``); the dataset's ``participants.tsv`` has only ``participant_id`` and the app's
 own simulated basis runs without any config file (issue 17, item 8).
 """
 
@@ -40,8 +40,7 @@ def lcmodel_basis_run(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lcm")
     src, bids = _copy_dataset(shared_data, tmp)
     config = tmp / "config.toml"
-    config.write_text('[spectroscopy.basis]\nsource = "lcmodel"\npath = "%s"\n[spectroscopy.fit]\n'
-                      'ratio_priors = "lcmodel"\n' % (src / "code" / "basis" / "3t.basis"))
+    config.write_text('[spectroscopy.basis]\nsource = "lcmodel"\npath = "%s"\n' % (src / "code" / "basis" / "3t.basis"))
     out = tmp / "out"
     code = main([str(bids), str(out), "participant", "--analyses", "spectroscopy", "--skip-bids-validation",
                  "--config-file", str(config)])
@@ -90,12 +89,12 @@ def test_simulated_basis_runs_without_a_config(shared_data, tmp_path):
 def test_simulated_basis_agrees_with_lcmodel_within_15_percent(shared_data, tmp_path):
     """Issue 17: the app's own simulated basis for this acquisition (Philips PRESS, TE 30 ms, 3T; PRESS TE1
     11 ms, homogeneous widths 1/(pi T2), LCModel's metabolite set, the fit's MM/lipid model), through the CLI
-    with LCModel's ratio priors as a comparison of two fitters: ratios to tCr within 15 % of LCModel's table.
+    at the defaults (LCModel's ratio priors): ratios to tCr within 15 % of LCModel's table.
     Before these (TE1 = TE/2, no widths, the basis's own MM09-MM38, PE/Gly/Asc): tNAA +19, tCho -10, mI -14,
     Glu -16, Glx -21 %."""
     src, bids = _copy_dataset(shared_data, tmp_path)
     config = tmp_path / "config.toml"
-    config.write_text('[spectroscopy]\nfigures = false\n[spectroscopy.fit]\nratio_priors = "lcmodel"\n')
+    config.write_text('[spectroscopy]\nfigures = false\n')
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--analyses", "spectroscopy", "--skip-bids-validation",
                  "--config-file", str(config)])
