@@ -90,13 +90,6 @@ def _to_ants(img):
     return ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine))
 
 
-def _affine_det(transform_path: str) -> float:
-    import ants
-
-    params = np.asarray(ants.read_transform(transform_path).parameters, dtype=float)
-    return float(abs(np.linalg.det(params[:9].reshape(3, 3))))
-
-
 def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, seed: int,
                             resolution_mm: int = 2) -> Aligned:
     """``modulated`` (nibabel) in the atlas' space following ``plan``.
@@ -114,7 +107,9 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     from nilearn import datasets
 
     from bids_ketamine.structural import gm_features as gmf
+    from bids_ketamine.structural.builtin import _affine_det, _ants_threads
 
+    _ants_threads(1)  # one ITK thread: the same map and seed give the same transform (an affine at 4 mm is cheap)
     fixed_nib = datasets.load_mni152_gm_template(resolution=resolution_mm)
     mask_nib = datasets.load_mni152_brain_mask(resolution=resolution_mm)
     # twelve affine parameters need no fine grid: both maps at 4 mm, coarse-to-fine (seconds, not minutes)
@@ -128,7 +123,7 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     out = _to_ants(out_nib)
     warped = ants.apply_transforms(fixed=out, moving=_to_ants(modulated), transformlist=reg["fwdtransforms"],
                                    interpolator="linear")
-    det = _affine_det(reg["fwdtransforms"][0])
+    det = abs(_affine_det(reg["fwdtransforms"][0]))
     data = np.clip(warped.numpy(), 0, None).astype(np.float32) * np.float32(det)
     img = nib.Nifti1Image(data, out_nib.affine)
     img.header.set_xyzt_units("mm")

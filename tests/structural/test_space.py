@@ -68,3 +68,35 @@ def test_map_in_the_atlas_space_is_not_touched(moved_map):
     aligned = space.register_to_atlas_space(unmoved, unmoved,
                                             space.plan_alignment("MNI152NLin2009aSym", "MNI152NLin2009aSym"), seed=3)
     assert aligned.modulated is unmoved and "SpaceRegistrationDeterminant" not in aligned.details
+
+
+def _morph(root, subject, sidecar):
+    import json
+
+    import pandas as pd
+
+    anat = root / f"sub-{subject}" / "anat"
+    anat.mkdir(parents=True)
+    table = anat / f"sub-{subject}_atlas-DKcereb_morph.tsv"
+    pd.DataFrame({"region": ["L_a", "R_a"], "gm_volume_mm3": [1.0, 2.0], "tiv_mm3": [1.5e6] * 2}).to_csv(
+        table, sep="\t", index=False)
+    table.with_suffix(".json").write_text(json.dumps(sidecar))
+
+
+def test_group_mixes_maps_registered_to_one_space_and_refuses_maps_left_apart(tmp_path):
+    from bids_ketamine.errors import BadDataError
+    from bids_ketamine.structural.participant import load_regional_features, one_template_space
+
+    _morph(tmp_path, "01", {"FeatureSource": "cat12", "TemplateSpace": "IXI549Space",
+                            "FeatureSpace": "MNI152NLin2009aSym"})
+    _morph(tmp_path, "02", {"FeatureSource": "builtin", "TemplateSpace": "MNI152NLin2009aSym",
+                            "FeatureSpace": "MNI152NLin2009aSym"})
+    _, info = load_regional_features(tmp_path)
+    assert one_template_space(info["template_space"], tmp_path) == "MNI152NLin2009aSym"
+    left_apart = tmp_path / "apart"
+    _morph(left_apart, "01", {"FeatureSource": "cat12", "TemplateSpace": "IXI549Space", "FeatureSpace": "IXI549Space"})
+    _morph(left_apart, "02", {"FeatureSource": "builtin", "TemplateSpace": "MNI152NLin2009aSym"})  # older sidecar
+    _, info = load_regional_features(left_apart)
+    with pytest.raises(BadDataError, match="IXI549Space \\(1\\), MNI152NLin2009aSym \\(1\\)") as err:
+        one_template_space(info["template_space"], left_apart)
+    assert "\n" not in str(err.value)
