@@ -192,6 +192,7 @@ def features_from_fmriprep(anat: AnatInputs, params: AnatFeatureParams, atlas, *
                                               spaces_.plan_alignment(source_space, atlas.space,
                                                                       register=params.register_to_atlas_space),
                                               seed=seed)
+    spaces_.warn_if_untrusted(aligned, probseg_path)
     table = gmf.regional_table(aligned.modulated, atlas, tiv_mm3=tiv)
     background = _template_on_grid(gm.shape, img.affine)
     return GMFeatures(source="fmriprep", table=_finish_table(table, tiv), tiv_mm3=tiv, atlas_name=atlas.name,
@@ -238,6 +239,7 @@ def features_from_cat12(anat: AnatInputs, params: AnatFeatureParams, atlas, *, s
     _check_tiv(tiv, params, report)
     aligned = spaces_.register_to_atlas_space(img, img, spaces_.plan_alignment(CAT12_SPACE, atlas.space,
                                                                  register=params.register_to_atlas_space), seed=seed)
+    spaces_.warn_if_untrusted(aligned, path)
     table = gmf.regional_table(aligned.modulated, atlas, tiv_mm3=tiv)
     data = np.asarray(img.dataobj, dtype=np.float32)
     return GMFeatures(source="cat12", table=_finish_table(table, tiv), tiv_mm3=tiv, atlas_name=atlas.name,

@@ -90,7 +90,7 @@ def _to_ants(img):
     return ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine))
 
 
-def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, seed: int,
+def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, seed: int = 0,
                             resolution_mm: int = 2) -> Aligned:
     """``modulated`` (nibabel) in the atlas' space following ``plan``.
 
@@ -98,7 +98,7 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     not care about scale) that is registered to nilearn's GM template at ``resolution_mm``; the output is on
     nilearn's template grid at 1 mm when the input voxels are finer than 2 mm, else 2 mm. Quality: the correlation
     of the registration map with the template inside the template's brain mask, before (map as given, resampled)
-    and after the registration.
+    and after the registration. ``seed`` is accepted for the callers' uniformity; dense sampling needs none.
     """
     if plan.action != REGISTER:
         return Aligned(modulated=modulated, plan=plan)
@@ -115,8 +115,10 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     # twelve affine parameters need no fine grid: both maps at 4 mm, coarse-to-fine (seconds, not minutes)
     fixed = ants.resample_image(_to_ants(fixed_nib), (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
     moving = ants.resample_image(_to_ants(registration_map), (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
-    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", random_seed=int(seed),
-                            aff_metric="mattes", aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
+    # every voxel sampled (aff_random_sampling_rate = 1): no random sampling, so the same map gives the same transform
+    # (antspy's registration takes no seed argument)
+    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", aff_metric="mattes",
+                            aff_random_sampling_rate=1.0, aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
                             aff_smoothing_sigmas=(1, 0))
     voxel = float(np.cbrt(abs(np.linalg.det(np.asarray(modulated.affine)[:3, :3]))))
     out_nib = datasets.load_mni152_gm_template(resolution=1 if voxel < 1.99 else 2)
@@ -132,8 +134,21 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     before = gmf.resample_to_grid(registration_map, fixed_data.shape, fixed_nib.affine, order=1)
     after = ants.apply_transforms(fixed=_to_ants(fixed_nib), moving=_to_ants(registration_map),
                                   transformlist=reg["fwdtransforms"], interpolator="linear").numpy()
-    quality = {"SpaceRegistration": "ANTs affine (Mattes MI), seed " + str(int(seed)),
+    quality = {"SpaceRegistration": "ANTs affine (Mattes MI, dense sampling, 4 mm)",
                "SpaceRegistrationDeterminant": det,
                "SpaceRegistrationCorrelationBefore": masked_correlation(before, fixed_data, mask),
                "SpaceRegistrationCorrelationAfter": masked_correlation(after, fixed_data, mask)}
+    quality["SpaceRegistrationImproved"] = bool(quality["SpaceRegistrationCorrelationAfter"]
+                                                > quality["SpaceRegistrationCorrelationBefore"])
     return Aligned(modulated=img, plan=plan, details=quality)
+
+
+def warn_if_untrusted(aligned: Aligned, path) -> None:
+    """A registration that did not bring the map closer to the template is loud (file and both correlations)."""
+    import warnings
+
+    if aligned.details.get("SpaceRegistrationImproved") is False:
+        warnings.warn(f"{path}: registration to {aligned.plan.atlas_space} did not improve the match with the GM "
+                      f"template (correlation {aligned.details['SpaceRegistrationCorrelationBefore']:.2f} -> "
+                      f"{aligned.details['SpaceRegistrationCorrelationAfter']:.2f}); its regional volumes are "
+                      "flagged SpaceRegistrationImproved = false", stacklevel=2)

@@ -60,6 +60,7 @@ def test_registration_restores_regional_volumes_of_a_moved_map(moved_map):
     side = aligned.sidecar()
     assert side["FeatureSpace"] == "MNI152NLin2009aSym" and side["AtlasSpace"] == "MNI152NLin2009aSym"
     assert side["SpaceRegistrationCorrelationAfter"] > side["SpaceRegistrationCorrelationBefore"] + 0.1
+    assert side["SpaceRegistrationImproved"] is True
     assert "registered" in side["SpaceAlignment"]
 
 
@@ -100,3 +101,12 @@ def test_group_mixes_maps_registered_to_one_space_and_refuses_maps_left_apart(tm
     with pytest.raises(BadDataError, match="IXI549Space \\(1\\), MNI152NLin2009aSym \\(1\\)") as err:
         one_template_space(info["template_space"], left_apart)
     assert "\n" not in str(err.value)
+
+
+def test_a_registration_that_did_not_help_is_loud():
+    plan = space.plan_alignment("IXI549Space", "MNI152NLin2009aSym")
+    worse = space.Aligned(modulated=None, plan=plan, details={"SpaceRegistrationCorrelationBefore": 0.8,
+                                                              "SpaceRegistrationCorrelationAfter": 0.3,
+                                                              "SpaceRegistrationImproved": False})
+    with pytest.warns(UserWarning, match="sub-01_mwp1.nii: registration to MNI152NLin2009aSym did not improve"):
+        space.warn_if_untrusted(worse, "sub-01_mwp1.nii")
