@@ -98,7 +98,8 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     not care about scale) that is registered to nilearn's GM template at ``resolution_mm``; the output is on
     nilearn's template grid at 1 mm when the input voxels are finer than 2 mm, else 2 mm. Quality: the correlation
     of the registration map with the template inside the template's brain mask, before (map as given, resampled)
-    and after the registration. ``seed`` is accepted for the callers' uniformity; dense sampling needs none.
+    and after the registration. ``seed`` is ANTs' ``--random-seed``: even dense ("regular") sampling jitters the
+    sample points within each voxel, so without a fixed seed the same map gives volumes ~0.02 % apart run to run.
     """
     if plan.action != REGISTER:
         return Aligned(modulated=modulated, plan=plan)
@@ -115,11 +116,17 @@ def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, see
     # twelve affine parameters need no fine grid: both maps at 4 mm, coarse-to-fine (seconds, not minutes)
     fixed = ants.resample_image(_to_ants(fixed_nib), (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
     moving = ants.resample_image(_to_ants(registration_map), (4.0, 4.0, 4.0), use_voxels=False, interp_type=0)
-    # every voxel sampled (aff_random_sampling_rate = 1): no random sampling, so the same map gives the same transform
-    # (antspy's registration takes no seed argument)
-    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", aff_metric="mattes",
-                            aff_random_sampling_rate=1.0, aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
-                            aff_smoothing_sigmas=(1, 0))
+    # every voxel sampled (aff_random_sampling_rate = 1); ANTs' sampler still jitters points, so its seed is fixed.
+    # antspy passes ``--random-seed`` only from its module-level ``config._random_seed`` (the public
+    # ``set_ants_deterministic`` also reseeds numpy's global generator): set for this call and restored after it
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = int(seed)
+    try:
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", aff_metric="mattes",
+                                aff_random_sampling_rate=1.0, aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
+                                aff_smoothing_sigmas=(1, 0))
+    finally:
+        ants.config._random_seed = previous_seed
     voxel = float(np.cbrt(abs(np.linalg.det(np.asarray(modulated.affine)[:3, :3]))))
     out_nib = datasets.load_mni152_gm_template(resolution=1 if voxel < 1.99 else 2)
     out = _to_ants(out_nib)
