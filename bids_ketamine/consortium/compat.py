@@ -88,7 +88,8 @@ def table_fields(analysis: str, table: Path, sidecar: dict[str, Any]) -> dict[st
         atlas = re.search(r"_atlas-([A-Za-z0-9]+)_", table.name)
         fields["structural.feature_source"] = source
         fields["structural.atlas"] = f"{atlas.group(1) if atlas else '?'} ({sidecar.get('Atlas')})"
-        fields["structural.space"] = sidecar.get("TemplateSpace", UNRECORDED if source != "freesurfer" else None)
+        fields["structural.space"] = sidecar.get("FeatureSpace", sidecar.get("TemplateSpace", UNRECORDED if source
+                                                                               != "freesurfer" else None))
         if source != "builtin":
             ignored |= {k for k in params if k.startswith("builtin_")}
     elif analysis == "connectivity":

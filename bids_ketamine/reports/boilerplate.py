@@ -194,14 +194,18 @@ def _anatomy_text(anatomy: dict[str, Any] | None) -> tuple[str, str | None]:
                         "instead of its head." if stripped else "none of their inputs was skull-stripped."))
     for source, methods in sorted(((anatomy or {}).get("tiv_methods") or {}).items()):
         parts.append(f"TIV of the {source} participants: " + "; ".join(methods) + ".")
+    for statement, n in sorted(((anatomy or {}).get("alignments") or {}).items()):
+        parts.append(f"Atlas space ({n} participant(s)): {statement}.")
     return space, " ".join(parts) or None
 
 
 def _structural_text(p: _Lookup, design: dict[str, Any], ran_group: bool,
                      scored: list[str] | None = None, anatomy: dict[str, Any] | None = None) -> list[str]:
     atlas = p.text("atlas_name", "atlas")
-    atlas = f"the {atlas} atlas" if atlas else ("the default Desikan-Killiany atlas [desikan] (with left and right "
-                                                "cerebellum)")
+    atlas = f"the {atlas} atlas" if atlas else ("the default Desikan-Killiany atlas [desikan] (in MNI152NLin2009aSym "
+                                                "space, with a left and right cerebellum defined by position, not "
+                                                "anatomy: grey-matter probability >= 0.3 in the MNI152 template "
+                                                "below z = -18 mm and behind y = -40 mm, outside the atlas' regions)")
     sources = p.get("sources", "source", "source_preference")
     fwhm_value = p.get("smoothing_fwhm_mm", "smoothing_fwhm", "fwhm", "smoothing_mm")
     fwhm = f"{_fmt(fwhm_value)} mm" if isinstance(fwhm_value, (int, float)) and fwhm_value > 0 else None

@@ -47,6 +47,10 @@ class AnatFeatureParams(BaseModel):
                                             description="Built-in pipeline: smallest correlation of the registered "
                                                         "T1w with the MNI template inside its brain mask; below "
                                                         "it the registration (or the input) is refused.")
+    register_to_atlas_space: bool = Field(True, description="Register a GM map from another template (fMRIPrep's "
+                                                            "MNI152NLin2009cAsym, CAT12's IXI549Space) to the "
+                                                            "atlas' space before parcellation (affine, volume-"
+                                                            "preserving); False lays the atlas on the map as given.")
     write_qc: bool = Field(True, description="Write the QC figure (GM map over the T1w/template).")
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ import pandas as pd
 from bids_ketamine.errors import BadDataError, MissingInputError
 from bids_ketamine.inputs import AnatInputs, ParticipantInputs
 from bids_ketamine.structural import gm_features as gmf
+from bids_ketamine.structural import space as spaces_
 from bids_ketamine.structural.anat_params import AnatFeatureParams, anat_params_of
 
 ANALYSIS = "structural"
@@ -156,7 +157,7 @@ def _load_nifti(path: Path, what: str):
     return load_image(path, what, fix=f"give a readable NIfTI {what} (re-run the tool that wrote it)")[0]
 
 
-def features_from_fmriprep(anat: AnatInputs, params: AnatFeatureParams, atlas) -> GMFeatures:
+def features_from_fmriprep(anat: AnatInputs, params: AnatFeatureParams, atlas, *, seed: int = 0) -> GMFeatures:
     """GM probseg in MNI x Jacobian determinant of sMRIPrep's T1w-to-MNI transform; TIV from the T1w brain mask."""
     import nibabel as nib
     from nilearn import datasets
@@ -186,13 +187,20 @@ def features_from_fmriprep(anat: AnatInputs, params: AnatFeatureParams, atlas) -
         tiv_method = "MNI152 brain mask x Jacobian of the T1w-to-MNI transform (no T1w brain mask found)"
     _check_tiv(tiv, params, probseg_path)
     mod_img = nib.Nifti1Image(modulated, img.affine)
-    table = gmf.regional_table(mod_img, atlas, tiv_mm3=tiv)
+    source_space = anat.mni_space or _space_of(probseg_path)
+    aligned = spaces_.register_to_atlas_space(mod_img, nib.Nifti1Image(gm, img.affine),
+                                              spaces_.plan_alignment(source_space, atlas.space,
+                                                                      register=params.register_to_atlas_space),
+                                              seed=seed)
+    spaces_.warn_if_untrusted(aligned, probseg_path)
+    table = gmf.regional_table(aligned.modulated, atlas, tiv_mm3=tiv)
     background = _template_on_grid(gm.shape, img.affine)
     return GMFeatures(source="fmriprep", table=_finish_table(table, tiv), tiv_mm3=tiv, atlas_name=atlas.name,
-                      atlas_source=atlas.source, inputs=inputs, space=anat.mni_space or _space_of(probseg_path),
+                      atlas_source=atlas.source, inputs=inputs, space=source_space,
                       modulated=mod_img, background=background,
                       details={"TIVMethod": tiv_method, "JacobianMedian": float(np.median(jac[gm > 0.1])),
-                               "TotalGM_mm3": gmf.total_volume(modulated, abs(np.linalg.det(img.affine[:3, :3])))})
+                               "TotalGM_mm3": gmf.total_volume(modulated, abs(np.linalg.det(img.affine[:3, :3]))),
+                               **aligned.sidecar()})
 
 
 def _space_of(path: Path) -> str:
@@ -217,7 +225,7 @@ def _template_on_grid(shape, affine) -> np.ndarray:
     return _template_on_grid_cached(tuple(int(n) for n in shape), np.asarray(affine, dtype=float).tobytes())
 
 
-def features_from_cat12(anat: AnatInputs, params: AnatFeatureParams, atlas) -> GMFeatures:
+def features_from_cat12(anat: AnatInputs, params: AnatFeatureParams, atlas, *, seed: int = 0) -> GMFeatures:
     """CAT12's mwp1 (already modulated) map; TIV from CAT12's report XML when present."""
     from bids_ketamine.structural.sources import find_cat12_report, read_cat12_mwp1, read_cat12_tiv
 
@@ -229,13 +237,17 @@ def features_from_cat12(anat: AnatInputs, params: AnatFeatureParams, atlas) -> G
                                 path=path, fix="keep CAT12's report folder next to its mri folder")
     tiv = read_cat12_tiv(report)
     _check_tiv(tiv, params, report)
-    table = gmf.regional_table(img, atlas, tiv_mm3=tiv)
+    aligned = spaces_.register_to_atlas_space(img, img, spaces_.plan_alignment(CAT12_SPACE, atlas.space,
+                                                                 register=params.register_to_atlas_space), seed=seed)
+    spaces_.warn_if_untrusted(aligned, path)
+    table = gmf.regional_table(aligned.modulated, atlas, tiv_mm3=tiv)
     data = np.asarray(img.dataobj, dtype=np.float32)
     return GMFeatures(source="cat12", table=_finish_table(table, tiv), tiv_mm3=tiv, atlas_name=atlas.name,
                       atlas_source=atlas.source, inputs=[path, report], space=CAT12_SPACE, modulated=img,
                       background=_template_on_grid(data.shape, img.affine),
                       details={"TIVMethod": "CAT12 report vol_TIV",
-                               "TotalGM_mm3": gmf.total_volume(data, abs(np.linalg.det(img.affine[:3, :3])))})
+                               "TotalGM_mm3": gmf.total_volume(data, abs(np.linalg.det(img.affine[:3, :3]))),
+                               **aligned.sidecar()})
 
 
 def features_from_freesurfer(anat: AnatInputs, params: AnatFeatureParams, atlas) -> GMFeatures:
@@ -277,7 +289,9 @@ def features_from_builtin(anat: AnatInputs, params: AnatFeatureParams, atlas, *,
                                "TotalGM_mm3": result.gm_native_mm3, "TotalWM_mm3": result.wm_native_mm3,
                                "TotalCSF_mm3": result.csf_native_mm3,
                                "TemplateCorrelation": result.template_correlation,
-                               "StepSeconds": result.timings})
+                               "StepSeconds": result.timings,
+                               **spaces_.Aligned(result.gm_modulated_mni,
+                                                 spaces_.plan_alignment(BUILTIN_SPACE, atlas.space)).sidecar()})
 
 
 def compute_features(inputs: ParticipantInputs, params: AnatFeatureParams, *, work_dir: Path, seed: int,
@@ -289,12 +303,17 @@ def compute_features(inputs: ParticipantInputs, params: AnatFeatureParams, *, wo
                                 fix="run fMRIPrep/sMRIPrep, CAT12 or FreeSurfer, or provide a raw T1w")
     atlas = _atlas(params)
     if source == "fmriprep":
-        return features_from_fmriprep(inputs.anat, params, atlas)
-    if source == "cat12":
-        return features_from_cat12(inputs.anat, params, atlas)
-    if source == "freesurfer":
-        return features_from_freesurfer(inputs.anat, params, atlas)
-    return features_from_builtin(inputs.anat, params, atlas, work_dir=Path(work_dir), seed=seed, n_procs=n_procs)
+        features = features_from_fmriprep(inputs.anat, params, atlas, seed=seed)
+    elif source == "cat12":
+        features = features_from_cat12(inputs.anat, params, atlas, seed=seed)
+    elif source == "freesurfer":
+        features = features_from_freesurfer(inputs.anat, params, atlas)
+    else:
+        features = features_from_builtin(inputs.anat, params, atlas, work_dir=Path(work_dir), seed=seed,
+                                         n_procs=n_procs)
+    if atlas.cerebellum and source != "freesurfer":
+        features.details["AtlasCerebellum"] = atlas.cerebellum
+    return features
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -308,13 +327,14 @@ def qc_title(subject: str, features: GMFeatures) -> str:
 
 def anatomy_provenance(output_dir: str | Path) -> dict[str, Any]:
     """What the participant-level morph sidecars of ``output_dir`` record, for the methods text: participants per
-    feature source and per template space, the TIV methods of the other sources, and how many built-in inputs were
-    skull-stripped."""
+    feature source and per template space, the TIV methods of the other sources, how many built-in inputs were
+    skull-stripped, and what was done to bring each map into the atlas' space (participants per statement)."""
     import json
 
     sources: dict[str, int] = {}
     spaces: dict[str, int] = {}
     tiv_methods: dict[str, list[str]] = {}
+    alignments: dict[str, int] = {}
     stripped = 0
     for path in morph_tables(Path(output_dir)):
         try:
@@ -325,11 +345,14 @@ def anatomy_provenance(output_dir: str | Path) -> dict[str, Any]:
         sources[source] = sources.get(source, 0) + 1
         if meta.get("TemplateSpace"):
             spaces[str(meta["TemplateSpace"])] = spaces.get(str(meta["TemplateSpace"]), 0) + 1
+        if meta.get("SpaceAlignment"):
+            alignments[str(meta["SpaceAlignment"])] = alignments.get(str(meta["SpaceAlignment"]), 0) + 1
         if source == "builtin":
             stripped += bool(meta.get("SkullStripped"))
         elif meta.get("TIVMethod") and meta["TIVMethod"] not in tiv_methods.setdefault(source, []):
             tiv_methods[source].append(str(meta["TIVMethod"]))
-    return {"sources": sources, "spaces": spaces, "tiv_methods": tiv_methods, "n_skull_stripped": stripped}
+    return {"sources": sources, "spaces": spaces, "tiv_methods": tiv_methods, "n_skull_stripped": stripped,
+            "alignments": alignments}
 
 
 def run_participant(inputs: ParticipantInputs, *, params: Any, design: Any = None, writer, work_dir: Path,
@@ -416,7 +439,8 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
         meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
         source = meta.get("FeatureSource")
         info[subject] = {"tiv_mm3": float(table["tiv_mm3"].iloc[0]), "feature_source": source,
-                         "template_space": meta.get("TemplateSpace"),
+                         # the space the regional features are in (after any registration to the atlas' space)
+                         "template_space": meta.get("FeatureSpace", meta.get("TemplateSpace")),
                          "session": session_match.group(1) if session_match else None}
     if len(atlases) > 1:
         raise BadDataError(f"participant tables use several atlases {sorted(atlases)}", path=output_dir,
@@ -429,16 +453,18 @@ def load_regional_features(output_dir: str | Path, atlas_name: str | None = None
 
 
 def one_template_space(spaces, path: Path) -> str | None:
-    """The one template space of the participants' GM maps (None when no sidecar names one).
+    """The one template space of the participants' regional features (None when no sidecar names one).
 
-    Why refuse a mix: one atlas grid is laid on every map, so maps in different templates (fMRIPrep's
-    MNI152NLin2009cAsym, the built-in MNI152NLin2009aSym, CAT12's IXI549Space) would give regional volumes that are
-    not comparable between participants, and a model trained on them would learn the source, not the outcome.
+    Maps from other templates than the atlas' are registered to the atlas' space at the participant level
+    (``structural.space``), so their features share the atlas' space and mix freely. What is still refused: features
+    left in different spaces (an atlas whose space is not stated is laid on each map as given), because regional
+    volumes from different templates are not comparable and a model trained on them would learn the source.
     """
     counts = pd.Series([s for s in spaces if isinstance(s, str) and s]).value_counts()
     if len(counts) > 1:
         listed = ", ".join(f"{space} ({n})" for space, n in counts.sort_index().items())
-        raise BadDataError(f"participants' grey-matter maps are in different template spaces: {listed}; one atlas "
-                           "grid cannot give comparable regional volumes for both", path=path,
-                           fix="extract every participant's features with one source (structural.anat.sources)")
+        raise BadDataError(f"participants' regional features are in different template spaces: {listed}; the atlas' "
+                           "space is not stated, so the maps were not registered to one space", path=path,
+                           fix="use the default atlas (maps are registered to its space) or extract every "
+                               "participant's features with one source (structural.anat.sources)")
     return str(counts.index[0]) if len(counts) else None

@@ -206,3 +206,17 @@ def test_methods_name_the_metabolite_priors_the_fits_recorded(tmp_path):
                                    "Macromolecules": "model"}))
     text = _text(out)
     assert re.search(r"weakly determined metabolites \(GABA, GSH\)", text), text
+
+
+def test_methods_name_what_was_done_to_reach_the_atlas_space():
+    """The methods text quotes the sidecars' space statements (issue 14 item 8), one per statement with its count."""
+    from bids_ketamine.reports.boilerplate import _anatomy_text
+    from bids_ketamine.structural.space import plan_alignment
+
+    registered = plan_alignment("IXI549Space", "MNI152NLin2009aSym").reason
+    untouched = plan_alignment("MNI152NLin2009aSym", "MNI152NLin2009aSym").reason
+    space, text = _anatomy_text({"spaces": {"IXI549Space": 3, "MNI152NLin2009aSym": 2},
+                                 "alignments": {registered: 3, untouched: 2}})
+    assert "IXI549Space: 3 participants" in space
+    assert f"Atlas space (3 participant(s)): {registered}." in text
+    assert f"Atlas space (2 participant(s)): {untouched}." in text
