@@ -96,6 +96,17 @@ def _ants_threads(n_threads: int) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(n_threads)))
 
 
+def ants_image(data, affine):
+    """A float32 ANTs image of ``data`` on the world ``affine``, with its units stated (mm, s): without them ITK
+    prints two "units are 'unknown'" lines for every image it is handed, which buries the run's own log lines."""
+    import ants
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    return ants.from_nibabel_nifti(image)
+
+
 def _affine_det(transform_path: str) -> float:
     """Determinant of the 3x3 linear part of an ANTs affine ``.mat`` (volume ratio T1w per MNI)."""
     import ants
@@ -153,8 +164,8 @@ def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, re
 
     template_nib = datasets.load_mni152_template(resolution=res)
     mask_nib = datasets.load_mni152_brain_mask(resolution=res)
-    template = ants.from_nibabel_nifti(nib.Nifti1Image(template_nib.get_fdata(dtype=np.float32), template_nib.affine))
-    template_mask = ants.from_nibabel_nifti(nib.Nifti1Image(mask_nib.get_fdata(dtype=np.float32), mask_nib.affine))
+    template = ants_image(template_nib.get_fdata(dtype=np.float32), template_nib.affine)
+    template_mask = ants_image(mask_nib.get_fdata(dtype=np.float32), mask_nib.affine)
     tissue_priors = _tissue_priors(res, mask_nib)
 
     timings: dict[str, float] = {}
@@ -250,15 +261,13 @@ def _run_builtin_pipeline(t1w_path: str | Path, *, work_dir: Path, seed: int, re
 
 def _tissue_priors(res: int, mask_nib) -> list:
     """CSF, GM and WM prior probabilities on nilearn's MNI152 grid (CSF = brain mask minus GM and WM)."""
-    import ants
-    import nibabel as nib
     from nilearn import datasets
 
     gm = datasets.load_mni152_gm_template(resolution=res).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=res).get_fdata(dtype=np.float32)
     inside = mask_nib.get_fdata(dtype=np.float32)
     csf = np.clip(inside - gm - wm, 0, 1)
-    return [ants.from_nibabel_nifti(nib.Nifti1Image(np.ascontiguousarray(p), mask_nib.affine)) for p in (csf, gm, wm)]
+    return [ants_image(p, mask_nib.affine) for p in (csf, gm, wm)]
 
 
 def _otsu(data: np.ndarray) -> float:

@@ -110,10 +110,9 @@ def _registration_target(resolution_mm: int):
 
 
 def _to_ants(img):
-    import ants
-    import nibabel as nib
+    from bids_ketamine.structural.builtin import ants_image
 
-    return ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine))
+    return ants_image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
 
 
 def register_to_atlas_space(modulated, registration_map, plan: SpacePlan, *, seed: int = 0,
