@@ -181,6 +181,8 @@ def group_sections(folder: OutputFolder, *, budget: SizeBudget | None = None, me
                                    extra={"css": "problems"}))
     if group_failures or participant_failures or unreadable:
         errors.status = "failed"
+    elif exclusions or sorted_outputs.provenance_gaps:  # nothing failed, but something was set aside or is unproven
+        errors.status = "warning"
     if not errors.blocks:
         errors.blocks.append(Block("note", body="No error, exclusion or warning was recorded in this folder."))
 

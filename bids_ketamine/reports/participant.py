@@ -107,6 +107,8 @@ def participant_sections(folder: OutputFolder, subject: str, *, budget: SizeBudg
                                    extra={"css": "problems"}))
     if lines_failed or problems:
         errors.status = "failed"
+    elif sorted_outputs.exclusions or sorted_outputs.provenance_gaps:  # set aside or unproven: not "ok"
+        errors.status = "warning"
     elif not errors.blocks:
         errors.blocks.append(Block("note", body="No error, exclusion or warning was recorded for this participant."))
 

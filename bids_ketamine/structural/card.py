@@ -28,6 +28,15 @@ LIMITATIONS = (
 )
 
 
+
+def intended_use(wording, *, voxelwise: bool) -> str:
+    """The card's intended use: a response model reads a pre-treatment image; a model of another outcome column
+    (depression vs control) is not tied to a treatment, so its card does not say "pre-treatment"."""
+    features = "voxel-wise modulated grey matter" if voxelwise else "regional grey-matter volumes"
+    image = "a pre-treatment T1w image" if wording.is_response else "a T1w image"
+    return (f"Research estimate of the probability of {wording.phrase} for an adult scanned like the training "
+            f"cohort, from {features} of {image}.")
+
 def _metric_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for row in metrics.to_dict(orient="records"):
@@ -62,9 +71,7 @@ def build_bundle(results, *, params, atlas: str, feature_source: list[str], word
                                                        for c in reference["covariates"]],
                   "random_seed": seed, "parameters": params.model_dump(mode="json", exclude={"anat", "model_file"})},
         "app": {"name": "bids_ketamine", "version": __version__, "libraries": library_versions()},
-        "intended_use": f"Research estimate of the probability of {wording.phrase} for an adult scanned like the "
-                        "training cohort, from " + ("voxel-wise modulated grey matter" if grid is not None else
-                                                      "regional grey-matter volumes") + " of a pre-treatment T1w image.",
+        "intended_use": intended_use(wording, voxelwise=grid is not None),
         "outcome": {"phrase": wording.phrase, "positive": wording.positive, "negative": wording.negative},
         "features": {"source": sorted({s for s in feature_source if s}), "atlas": atlas,
                      "template_space": template_space,

@@ -194,8 +194,9 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
     if dropped:
         notes.append(f"{dropped} discovery subject(s) without an outcome were left out")
     y = table.loc[disc, "outcome"].to_numpy(dtype=int)
-    if "site_known" in table and not table.loc[disc, "site_known"].fillna(True).astype(bool).any():
-        from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE
+    from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE, site_unknown
+
+    if "site_known" in table and site_unknown(table.loc[disc]).all():
 
         notes.append(IMPLICIT_SITE_NOTE)
     if params.cv == "stratified":

@@ -55,6 +55,14 @@ def model_removes_site_effects(pipeline) -> bool:
     return bool(model is not None and model.sites)
 
 
+def site_unknown(table: pd.DataFrame) -> np.ndarray:
+    """True for each participant whose site is not known (``site_known`` False; a table without that column, or a
+    missing value in it, counts as known): the one reading of the column for training, scoring and the group."""
+    if "site_known" not in table:
+        return np.zeros(len(table), dtype=bool)
+    return ~table["site_known"].fillna(True).astype(bool).to_numpy()
+
+
 def site_rule_of(reference: dict, site_known) -> np.ndarray:
     """The one rule for participants without a site column, shared by the training run and ``group --model``:
     True where the participant is of the model's own implicit site (the model was trained without a site column
@@ -71,7 +79,7 @@ def scoring_sites(table: pd.DataFrame) -> np.ndarray:
     training site nor pooled with others into one guessed site."""
     sites = table["site"].astype(object).where(table["site"].notna(), "n/a").astype(str).to_numpy()
     if "site_known" in table:
-        unknown = ~table["site_known"].fillna(True).astype(bool).to_numpy()
+        unknown = site_unknown(table)
         ids = np.asarray(table.index if "participant_id" not in table else table["participant_id"], dtype=str)
         sites = np.where(unknown, np.char.add("unknown site of sub-", ids), sites)
     return sites
@@ -90,7 +98,7 @@ def training_reference(pipeline, frame: pd.DataFrame, table: pd.DataFrame, *, oo
     cov = LedoitWolf().fit(z)
     distances = out_of_fold_distances(z, np.asarray(labels, dtype=int))
     sites, counts = np.unique(frame[SITE_COLUMN].astype(str), return_counts=True)
-    site_known = bool(table["site_known"].fillna(True).astype(bool).all()) if "site_known" in table else True
+    site_known = not bool(site_unknown(table).any())
 
     def _range(column):
         values = pd.to_numeric(table[column], errors="coerce").dropna() if column in table else pd.Series([])
@@ -236,9 +244,8 @@ def score_participants(bundle, features: pd.DataFrame, table: pd.DataFrame, cova
     out.insert(2, "outcome", table["outcome"].to_numpy())
     out["ood_age"] = outside(table["age"], ref["age_range"]) if "age" in table else False
     out["ood_tiv"] = outside(table["tiv_mm3"], ref["tiv_range"])
-    out["site_unknown"] = ~table["site_known"].fillna(True).astype(bool).to_numpy() if "site_known" in table \
-        else False
-    implicit = site_rule_of(ref, table["site_known"]) if "site_known" in table else np.zeros(len(out), dtype=bool)
+    out["site_unknown"] = site_unknown(table)
+    implicit = site_rule_of(ref, ~out["site_unknown"].to_numpy())
     out.loc[out["site_unknown"], "harmonisation"] = SITE_UNKNOWN_HARMONISATION
     out.loc[implicit, "harmonisation"] = IMPLICIT_SITE_HARMONISATION
     out.loc[implicit, "unseen_site"] = False

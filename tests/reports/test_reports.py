@@ -69,6 +69,7 @@ def test_participant_report_sections_and_statuses(fresh_output_folder):
     # exclusions written as table rows (a session censored beyond the limit), and no false note from the column
     # descriptions of such a table
     errors1 = _section(page1, "errors")
+    assert errors1.startswith("warning|")  # nothing failed, but a session was set aside: not "ok"
     assert "desc-scrubbing_stats.tsv: excluded (session 2): 62.0 % of frames censored &gt; 50 %" in errors1
     assert "session_excluded Description" not in errors1 and "excluded (session 1)" not in errors1
     assert "excluded (session" not in _section(page2, "errors")
@@ -216,7 +217,8 @@ def test_outputs_without_provenance_are_named(fresh_output_folder):
     del data["Sources"]
     sidecar.write_text(json.dumps(data))
     page = build_participant_report(fresh_output_folder, "01").read_text()
-    assert f"{table.name}: its sidecar does not name its sources" in _section(page, "errors")
+    errors = _section(page, "errors")
+    assert f"{table.name}: its sidecar does not name its sources" in errors and not errors.startswith("ok|")
 
 
 def test_a_crash_shows_its_traceback(fresh_output_folder):
@@ -279,3 +281,13 @@ def test_a_missing_template_is_a_clear_error():
     assert "<!DOCTYPE html>" in template_text("report.html.j2")
     with pytest.raises(NotBuiltError, match="report template nothing.j2 is missing from this installation"):
         template_text("nothing.j2")
+
+
+def test_errors_section_is_a_warning_when_only_exclusions_were_recorded(tmp_path):
+    """Nothing failed, but frames were set aside: the section lists them and is marked "warning", not "ok"."""
+    out = make_output_folder(tmp_path, subjects=("01", "02"), analyses=("structural", "connectivity"))
+    errors = _section(build_group_report(out).read_text(), "errors")
+    assert errors.startswith("warning|") and "status-warning" in errors
+    assert "sub-01_desc-ketamineminusplacebo_gbc.json: ExcludedFrames: ses-2: 7 of 150 frames censored" in errors
+    clean = make_output_folder(tmp_path / "clean", subjects=("01",), analyses=("structural",))
+    assert _section(build_group_report(clean).read_text(), "errors").startswith("ok|")

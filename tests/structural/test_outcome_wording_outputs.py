@@ -34,3 +34,18 @@ def test_methods_text_of_a_column_outcome_never_says_response():
     assert "towards group = depr" in text
     madrs = " ".join(_structural_text(_Lookup({}), MADRS_DESIGN, True))
     assert "Response was defined as a reduction of the MADRS score by at least 50 %" in madrs
+
+
+def test_model_card_intended_use_says_pre_treatment_only_for_a_response_model():
+    from types import SimpleNamespace
+
+    from bids_ketamine.structural.card import intended_use
+    from bids_ketamine.structural.wording import outcome_wording
+
+    column = SimpleNamespace(response=SimpleNamespace(kind="column", column="group", positive=["depr"]))
+    text = intended_use(outcome_wording(column), voxelwise=False)
+    assert "pre-treatment" not in text and "respon" not in text.lower()
+    assert text.endswith("from regional grey-matter volumes of a T1w image.")
+    response = intended_use(outcome_wording(None), voxelwise=True)
+    assert response.endswith("from voxel-wise modulated grey matter of a pre-treatment T1w image.")
+    assert "ketamine response (MADRS reduced by >= 50 % at 24 h)" in response
