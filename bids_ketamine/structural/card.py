@@ -28,7 +28,6 @@ LIMITATIONS = (
 )
 
 
-
 def intended_use(wording, *, voxelwise: bool) -> str:
     """The card's intended use: a response model reads a pre-treatment image; a model of another outcome column
     (depression vs control) is not tied to a treatment, so its card does not say "pre-treatment"."""
@@ -36,6 +35,7 @@ def intended_use(wording, *, voxelwise: bool) -> str:
     image = "a pre-treatment T1w image" if wording.is_response else "a T1w image"
     return (f"Research estimate of the probability of {wording.phrase} for an adult scanned like the training "
             f"cohort, from {features} of {image}.")
+
 
 def _metric_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []

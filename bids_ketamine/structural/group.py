@@ -197,7 +197,6 @@ def analyse(features: pd.DataFrame, participants: pd.DataFrame, params: Structur
     from bids_ketamine.structural.predict import IMPLICIT_SITE_NOTE, site_unknown
 
     if "site_known" in table and site_unknown(table.loc[disc]).all():
-
         notes.append(IMPLICIT_SITE_NOTE)
     if params.cv == "stratified":
         check_cohort(y, 2, what="discovery cohort", path=source)
