@@ -17,31 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from bids_ketamine.cli.run import build_config
-from .compare import output_differences
+from .compare import output_differences, runs_by_analysis
 
 N_JOBS = 20
 #: How many participants of each analysis go into the 20 jobs (the rest are structural-only participants).
 WANTED = {"spectroscopy": 4, "connectivity": 6}
 
 
-def _runs_by_analysis(outputs: Path) -> dict[str, list[str]]:
-    """Participants of the reference run per analysis that ran for them (from the inventory tables)."""
-    runs: dict[str, list[str]] = {}
-    for path in sorted(outputs.glob("sub-*/sub-*_inventory.tsv")):
-        subject = path.parent.name[len("sub-"):]
-        table = pd.read_csv(path, sep="\t")
-        for analysis in table.loc[table["runs"].astype(str) == "True", "analysis"]:
-            runs.setdefault(analysis, []).append(subject)
-    return runs
-
-
 def choose_participants(outputs: Path) -> list[str]:
     """20 participants mixing the three analyses: fMRS ones, connectivity ones, then structural-only ones."""
-    runs = _runs_by_analysis(outputs)
+    runs = runs_by_analysis(outputs)
     chosen: list[str] = []
     for analysis, count in WANTED.items():
         chosen += [s for s in runs.get(analysis, []) if s not in chosen][:count]
@@ -80,7 +68,7 @@ def test_twenty_participant_jobs_at_once_give_the_single_run_outputs(small_demo,
     assert code == 0
     bids, reference = root / "bids", root / "outputs"
     subjects = choose_participants(reference)
-    runs = _runs_by_analysis(reference)
+    runs = runs_by_analysis(reference)
     assert len(subjects) == N_JOBS
     for analysis in ("structural", "connectivity", "spectroscopy"):
         assert set(subjects) & set(runs.get(analysis, [])), f"no {analysis} participant among the 20 jobs"
