@@ -88,3 +88,45 @@ def test_demo_writes_reports_and_reports_only_rebuilds_them_without_recomputing(
     assert code == 0
     assert sorted(out.glob("sub-*.html")) == reports
     assert all(p.read_bytes() == data for p, data in results.items())
+
+
+def test_demo_model_bundle_scores_its_external_cohort_through_group_model_as_the_training_run_did(demo, tmp_path):
+    """Issue 14's demo acceptance through the CLI: the demo's group level wrote the model bundle and its card
+    (checksum of the bundle file); the external cohort, in a dataset of its own without outcome columns, scored by
+    ``group --model`` gets the training run's scores, probabilities and intervals (to 1e-9)."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    root, code = demo
+    assert code == 0
+    structural = root / "outputs" / "group" / "structural"
+    bundle = next(structural.glob("*_desc-svm_model.skops"))
+    card = json.loads(bundle.with_suffix(".json").read_text())
+    assert card["checksum"]["value"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert bundle.with_suffix(".md").is_file()
+    in_run = pd.read_csv(structural / "atlas-DKcereb_desc-svm_predictions.tsv", sep="\t", keep_default_na=False,
+                         na_values=["n/a"]).query("cohort == 'external'").set_index("participant_id")
+    assert len(in_run) >= 6
+
+    participants = pd.read_csv(root / "bids" / "participants.tsv", sep="\t", dtype=str)
+    external = participants[participants["participant_id"].isin(in_run.index)]
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    shutil.copy2(root / "bids" / "dataset_description.json", bids / "dataset_description.json")
+    external[["participant_id", "site", "sex", "age"]].to_csv(bids / "participants.tsv", sep="\t", index=False)
+    for subject in external["participant_id"]:
+        (bids / subject).symlink_to(root / "bids" / subject, target_is_directory=True)
+        shutil.copytree(root / "outputs" / subject, out / subject)
+    code = main([str(bids), str(out), "group", "--analyses", "structural", "--model", str(bundle),
+                 "--skip-bids-validation", "--nprocs", "1", "-w", str(tmp_path / "work")])
+    assert code == 0
+    applied = pd.read_csv(next((out / "group" / "structural").glob("*desc-applied_predictions.tsv")), sep="\t",
+                          keep_default_na=False, na_values=["n/a"]).set_index("participant_id")
+    assert sorted(applied.index) == sorted(in_run.index)
+    for column in ("score", "probability", "probability_low", "probability_high"):
+        assert np.max(np.abs(applied.loc[in_run.index, column] - in_run[column])) < 1e-9, column
+    assert (applied.loc[in_run.index, "predicted"] == in_run["predicted"]).all()
+    assert not list((out / "group" / "structural").glob("*_model.skops"))  # applying never trains
