@@ -3,9 +3,11 @@
 ``t1w_consortium``: the 24 real T1w of ds002748 split into three sites (A, B, C; 8 each). Site A is a real
 git-annex dataset (how OpenNeuro data arrive through DataLad) cloned from an "origin" with all content, then one
 participant's T1w dropped: the participant level runs on it (exit 66, the others finish), the content is retrieved
-and the participant level resumes; its output folder is exported. Sites B and C are plain BIDS folders. One
-participant level runs over all 24 in one folder, followed by its group level: the reference the pooled group
-level must reproduce; sites B and C export their members from it. The built-in pipeline runs at a coarse setting
+and the participant level resumes; its output folder is exported. Sites B and C are plain BIDS folders. The
+reference the pooled group level must reproduce is one output folder over all 24 followed by its group level: site
+A's participant outputs (copied, done markers included) and one participant run over sites B and C; sites B and C
+export their members from it. (Running site A's 8 images a second time there would only test that the built-in
+pipeline is deterministic, which the re-run tests check; it cost about 135 s of a 2-core CI run.) The built-in pipeline runs at a coarse setting
 (3 mm subject space, one SyN level) to keep the session short; the comparison does not depend on the setting.
 """
 
@@ -105,6 +107,15 @@ def write_bids(root: Path, shared: Path, subjects: list[str], site_of: dict[str,
     return root
 
 
+def copy_participant_outputs(source: Path, subjects: list[str], target: Path) -> None:
+    """``subjects``' participant outputs as the participant level leaves them (their folders and done markers)."""
+    (target / ".bids_ketamine" / "done").mkdir(parents=True, exist_ok=True)
+    for subject in subjects:
+        shutil.copytree(source / f"sub-{subject}", target / f"sub-{subject}")
+        for marker in (source / ".bids_ketamine" / "done").glob(f"sub-{subject}_*.json"):
+            shutil.copy2(marker, target / ".bids_ketamine" / "done" / marker.name)
+
+
 def tree_state(root: Path) -> dict[str, tuple]:
     """Every path under ``root`` (``.git`` included) with its kind, mode, symlink target and content digest."""
     import hashlib
@@ -185,12 +196,13 @@ def t1w_consortium(shared_data, tmp_path_factory) -> Consortium:
     git(site_a, "annex", "get", "-q", c.dropped)
     c.runs["A"] = run_cli([site_a, c.outputs["A"], "participant", "--config-file", config, *nprocs])
 
-    # the reference: one participant run over all 24, then its group level. Sites B and C export their members
-    # from this run (``export --participant-label``) instead of running the built-in pipeline a second time on the
-    # same 16 images; site A's outputs come from its own runs above, so the pooled group level still joins
-    # participant levels that ran apart.
+    # the reference: site A's outputs plus one participant run over B and C (A's are done, so skipped), then its
+    # group level. Sites B and C export their members from this run (``export --participant-label``) instead of
+    # running the built-in pipeline a second time on the same 16 images; site A exports its own folder, so the
+    # pooled group level still joins participant levels that ran apart.
     all24 = write_bids(root / "all24", shared, subjects, site_of, copy=False)
     c.reference = root / "out_all24"
+    copy_participant_outputs(c.outputs["A"], sites["A"], c.reference)
     c.runs["all24"] = run_cli([all24, c.reference, "participant", "--config-file", config, *nprocs])
     c.runs["all24-group"] = run_cli([all24, c.reference, "group", "--config-file", config])
     c.outputs["B"] = c.outputs["C"] = c.reference
