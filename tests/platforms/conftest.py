@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from participant_outputs import copy_finished_participants
 
 COARSE_CONFIG = """\
 random_seed = 11
@@ -105,15 +106,6 @@ def write_bids(root: Path, shared: Path, subjects: list[str], site_of: dict[str,
             else:
                 target.symlink_to(source)
     return root
-
-
-def copy_participant_outputs(source: Path, subjects: list[str], target: Path) -> None:
-    """``subjects``' participant outputs as the participant level leaves them (their folders and done markers)."""
-    (target / ".bids_ketamine" / "done").mkdir(parents=True, exist_ok=True)
-    for subject in subjects:
-        shutil.copytree(source / f"sub-{subject}", target / f"sub-{subject}")
-        for marker in (source / ".bids_ketamine" / "done").glob(f"sub-{subject}_*.json"):
-            shutil.copy2(marker, target / ".bids_ketamine" / "done" / marker.name)
 
 
 def tree_state(root: Path) -> dict[str, tuple]:
@@ -202,7 +194,7 @@ def t1w_consortium(shared_data, tmp_path_factory) -> Consortium:
     # pooled group level still joins participant levels that ran apart.
     all24 = write_bids(root / "all24", shared, subjects, site_of, copy=False)
     c.reference = root / "out_all24"
-    copy_participant_outputs(c.outputs["A"], sites["A"], c.reference)
+    copy_finished_participants(c.outputs["A"], sites["A"], c.reference)
     c.runs["all24"] = run_cli([all24, c.reference, "participant", "--config-file", config, *nprocs])
     c.runs["all24-group"] = run_cli([all24, c.reference, "group", "--config-file", config])
     c.outputs["B"] = c.outputs["C"] = c.reference

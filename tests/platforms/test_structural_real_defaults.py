@@ -21,29 +21,13 @@ import pytest
 
 from bids_ketamine.structural.params import StructuralParams
 
-from .conftest import run_cli
+from participant_outputs import copy_finished_participants
+
+from .conftest import COARSE_CONFIG, run_cli
 
 #: The consortium's config without its [structural] shortcuts (20 permutations, 2 repeats, 100 bootstraps):
-#: the participant-level settings stay (they describe the outputs being read), everything else is a default.
-DEFAULTS_CONFIG = """\
-random_seed = 11
-
-[design.participants]
-site = "site"
-sex = "gender"
-arm = ""
-cohort = ""
-
-[design.response]
-kind = "column"
-column = "group"
-positive = ["depr"]
-
-[structural.anat]
-builtin_work_resolution_mm = 3.0
-builtin_syn_iterations = [20, 0, 0]
-write_qc = false
-"""
+#: the participant-level settings ([structural.anat]: they describe the outputs being read) and the design stay.
+DEFAULTS_CONFIG = re.sub(r"\[structural\]\n(?:[^\[\n].*\n|\n)*", "", COARSE_CONFIG)
 METRICS = "group/structural/atlas-DKcereb_desc-svm_metrics.tsv"
 
 
@@ -58,14 +42,11 @@ def _group_run(consortium, subjects: list[str], root: Path) -> tuple[int, str, P
     keep = [ln for ln in lines[1:] if ln.split("\t")[0].removeprefix("sub-") in subjects]
     (bids / "participants.tsv").write_text("\n".join([lines[0], *keep]) + "\n")
     out = root / "out"
-    (out / ".bids_ketamine" / "done").mkdir(parents=True)
     for subject in subjects:
         (bids / f"sub-{subject}" / "anat").mkdir(parents=True)
         image = shared / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz"
         (bids / f"sub-{subject}" / "anat" / image.name).symlink_to(image.resolve())
-        shutil.copytree(consortium.reference / f"sub-{subject}", out / f"sub-{subject}")
-        for marker in (consortium.reference / ".bids_ketamine" / "done").glob(f"sub-{subject}_*.json"):
-            shutil.copy2(marker, out / ".bids_ketamine" / "done" / marker.name)
+    copy_finished_participants(consortium.reference, subjects, out)
     config = root / "study.toml"
     config.write_text(DEFAULTS_CONFIG)
     code, _, err = run_cli([bids, out, "group", "--analyses", "structural", "--config-file", config])
@@ -96,6 +77,7 @@ def _assert_outcome_wording(out: Path) -> None:
 
 @pytest.mark.realdata
 def test_24_real_t1w_at_default_settings_give_chance_level_metrics_with_permutation_p(t1w_consortium, tmp_path):
+    assert "n_permutations" not in DEFAULTS_CONFIG and "[structural.anat]" in DEFAULTS_CONFIG
     subjects = sorted(s for members in t1w_consortium.sites.values() for s in members)
     assert len(subjects) == 24
     code, err, out = _group_run(t1w_consortium, subjects, tmp_path)

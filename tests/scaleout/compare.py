@@ -20,9 +20,7 @@ differ only in those names; they are replaced by their order of first appearance
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -105,15 +103,3 @@ def runs_by_analysis(outputs: Path) -> dict[str, list[str]]:
             runs.setdefault(analysis, []).append(subject)
     return runs
 
-
-def copy_finished_participants(reference: Path, subjects: list[str], target: Path) -> None:
-    """Put ``subjects``' participant outputs of a finished run into ``target`` as the participant level leaves
-    them: their ``sub-<label>`` folders and their done markers (which the group level reads to know who finished).
-    Nothing dataset-level is copied: the jobs that run in ``target`` must write that themselves."""
-    reference, target = Path(reference), Path(target)
-    (target / ".bids_ketamine" / "done").mkdir(parents=True, exist_ok=True)
-    for subject in subjects:
-        shutil.copytree(reference / f"sub-{subject}", target / f"sub-{subject}", symlinks=True)
-        for marker in (reference / ".bids_ketamine" / "done").glob(f"sub-{subject}_*.json"):
-            assert all(not Path(rel).is_absolute() for rel in json.loads(marker.read_text())["outputs"]), marker
-            shutil.copy2(marker, target / ".bids_ketamine" / "done" / marker.name)

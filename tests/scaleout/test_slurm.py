@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .compare import copy_finished_participants, demo_config, output_differences, runs_by_analysis
+from participant_outputs import copy_finished_participants
+
+from .compare import demo_config, output_differences, runs_by_analysis
 from .slurm import SlurmUnavailable, destroy, ensure_slurm, start_cluster, versions
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
