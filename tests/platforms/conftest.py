@@ -7,8 +7,9 @@ and the participant level resumes; its output folder is exported. Sites B and C 
 reference the pooled group level must reproduce is one output folder over all 24 followed by its group level: site
 A's participant outputs (copied, done markers included) and one participant run over sites B and C; sites B and C
 export their members from it. (Running site A's 8 images a second time there would only test that the built-in
-pipeline is deterministic, which the re-run tests check; it cost about 135 s of a 2-core CI run.) The built-in pipeline runs at a coarse setting
-(3 mm subject space, one SyN level) to keep the session short; the comparison does not depend on the setting.
+pipeline is deterministic, which the re-run tests check; it cost about 135 s of a 2-core CI run.) The built-in
+pipeline runs at a coarse setting (3 mm subject space, one SyN level) to keep the session short; the comparison does
+not depend on the setting.
 """
 
 from __future__ import annotations

@@ -103,3 +103,11 @@ def runs_by_analysis(outputs: Path) -> dict[str, list[str]]:
             runs.setdefault(analysis, []).append(subject)
     return runs
 
+
+def participants_of_each_kind(outputs: Path, counts: dict[str, int]) -> list[str]:
+    """``counts[analysis]`` participants of a finished run per analysis that ran for them, in the order of
+    ``counts``, none twice (so later kinds fill up with participants the earlier ones did not take)."""
+    runs, chosen = runs_by_analysis(outputs), []
+    for analysis, count in counts.items():
+        chosen += [s for s in runs.get(analysis, []) if s not in chosen][:count]
+    return chosen

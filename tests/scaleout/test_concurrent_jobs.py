@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bids_ketamine.cli.run import build_config
-from .compare import output_differences, runs_by_analysis
+from .compare import output_differences, participants_of_each_kind, runs_by_analysis
 
 N_JOBS = 20
 #: How many participants of each analysis go into the 20 jobs (the rest are structural-only participants).
@@ -29,12 +29,7 @@ WANTED = {"spectroscopy": 4, "connectivity": 6}
 
 def choose_participants(outputs: Path) -> list[str]:
     """20 participants mixing the three analyses: fMRS ones, connectivity ones, then structural-only ones."""
-    runs = runs_by_analysis(outputs)
-    chosen: list[str] = []
-    for analysis, count in WANTED.items():
-        chosen += [s for s in runs.get(analysis, []) if s not in chosen][:count]
-    chosen += [s for s in runs.get("structural", []) if s not in chosen][:N_JOBS - len(chosen)]
-    return chosen
+    return participants_of_each_kind(outputs, {**WANTED, "structural": N_JOBS - sum(WANTED.values())})
 
 
 def _restricted_reference(reference: Path, subjects: list[str], target: Path) -> Path:

@@ -26,7 +26,7 @@ import yaml
 
 from participant_outputs import copy_finished_participants
 
-from .compare import demo_config, output_differences, runs_by_analysis
+from .compare import demo_config, output_differences, participants_of_each_kind, runs_by_analysis
 from .slurm import SlurmUnavailable, destroy, ensure_slurm, start_cluster, versions
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
@@ -109,14 +109,6 @@ def _wait_for(cluster, array_id: str, group_id: str, timeout: float) -> tuple[li
         time.sleep(5)
 
 
-def array_participants(outputs: Path) -> list[str]:
-    """ARRAY_TASKS participants of the finished run: spectroscopy ones, connectivity ones, then structural-only."""
-    runs, chosen = runs_by_analysis(outputs), []
-    for analysis, count in ARRAY_TASKS.items():
-        chosen += [s for s in runs.get(analysis, []) if s not in chosen][:count]
-    return chosen
-
-
 @pytest.mark.slow
 def test_array_of_the_remaining_participants_and_dependent_group_job_reproduce_the_serial_run(
         small_demo, slurm_cluster, tmp_path, record_property):
@@ -130,7 +122,7 @@ def test_array_of_the_remaining_participants_and_dependent_group_job_reproduce_t
     bids, outputs, reference = root / "bids", tmp_path / "outputs", root / "outputs"
     labels = sorted(p.name[len("sub-"):] for p in bids.glob("sub-*") if p.is_dir())
     assert len(labels) == 56
-    remaining = array_participants(reference)
+    remaining = participants_of_each_kind(reference, ARRAY_TASKS)
     runs = runs_by_analysis(reference)
     assert all(set(remaining) & set(runs[a]) for a in ARRAY_TASKS), (remaining, sorted(runs))
     copy_finished_participants(reference, [s for s in labels if s not in remaining], outputs)
